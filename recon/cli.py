@@ -1,0 +1,141 @@
+"""`recon` command line: data synth | train | eval | render.
+
+Errors a user can fix (bad paths, malformed data, wrong checkpoints, unknown settings) end in one
+line naming the file or argument, and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recon", description="3D reconstruction and neural rendering toolkit")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data_cmd = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    synth = data_cmd.add_parser("synth", help="generate a synthetic scene in a real dataset format")
+    synth.add_argument("--format", choices=["blender", "llff"], default="blender")
+    synth.add_argument("--out", type=Path, required=True, help="output directory")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--views", type=int, default=100, help="training views (blender) or all views (llff)")
+    synth.add_argument("--res", type=int, default=128, help="image width and height in pixels")
+
+    train = commands.add_parser("train", help="train a method on one scene")
+    train.add_argument("method", help="method name, e.g. nerf")
+    train.add_argument("--data", type=Path, required=True, help="dataset directory (Blender or LLFF format)")
+    train.add_argument("--preset", default="default", help="named configuration, e.g. fast")
+    train.add_argument("--max-steps", type=int, default=None)
+    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field")
+    train.add_argument("--out", type=Path, default=None, help="run directory (default runs/<method>/<scene>/<time>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    train.add_argument("--downscale", type=int, default=1, help="image downscale factor")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    evaluate = commands.add_parser("eval", help="render the test split of a run and write PSNR/SSIM/LPIPS")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--max-views", type=int, default=None)
+
+    render = commands.add_parser("render", help="render a camera path of a run to frames and a video")
+    render.add_argument("run_dir", type=Path)
+    render.add_argument("--path", choices=["orbit", "spiral"], default="orbit")
+    render.add_argument("--frames", type=int, default=120)
+    render.add_argument("--fps", type=int, default=30)
+    return parser
+
+
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set {pair}: expected KEY=VALUE")
+        result[key.strip()] = value.strip()
+    return result
+
+
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from data.synth import generate
+
+    path = generate(args.out, format=args.format, seed=args.seed, views=args.views, res=args.res)
+    print(f"wrote {args.format} scene to {path}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import json
+
+    import data
+    from recon.methods import find_method
+    from recon.methods.base import config_from_dict
+    from recon.runs import apply_overrides, default_run_dir, preset_config
+
+    method_cls = find_method(args.method)
+    overrides = _overrides(args.set)
+    for flag, key in ((args.max_steps, "max_steps"), (args.seed, "seed")):
+        if flag is not None:
+            overrides[key] = str(flag)
+    preset, data_options = args.preset, {"downscale": args.downscale}
+    if args.resume:  # continue with the run's own settings; only explicit overrides change them
+        saved = (args.out or Path("--out")) / "config.json"
+        if args.out is None or not saved.is_file():
+            raise ValueError(f"--resume: {saved} not found (--out must name the run to continue)")
+        info = json.loads(saved.read_text())
+        preset, data_options = info["preset"], info["data_options"]
+        config = apply_overrides(config_from_dict(method_cls.Config, info["config"]), overrides)
+    else:
+        config = apply_overrides(preset_config(method_cls, preset), overrides)
+    scene = data.load(args.data, **data_options)
+    run_dir = args.out or default_run_dir(method_cls.name, scene.name)
+    torch.manual_seed(config.seed)
+    method = method_cls(config, scene)
+    info = {"method": method_cls.name, "preset": preset, "data": str(Path(args.data).resolve()), "data_options": data_options}
+    print(f"run directory: {run_dir}")
+    result = Trainer(method, run_dir, info).run(resume=args.resume, quiet=args.quiet)
+    print("final validation: " + ", ".join(f"{k} {v}" for k, v in result.items()))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from recon.evaluate import evaluate
+    from recon.runs import open_run
+
+    method, info = open_run(args.run_dir)
+    results = evaluate(method, args.run_dir / "eval", args.split, args.max_views)
+    mean = results["mean"]
+    lpips = "n/a" if mean["lpips"] is None else f"{mean['lpips']:.4f}"
+    print(f"{info['method']} step {info['step']}, {results['num_views']} {args.split} views: "
+          f"PSNR {mean['psnr']:.2f} dB, SSIM {mean['ssim']:.4f}, LPIPS {lpips} -> {args.run_dir / 'eval'}")
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    from recon.evaluate import render_path
+    from recon.runs import open_run
+
+    method, _ = open_run(args.run_dir)
+    video = render_path(method, args.run_dir / "render", args.path, args.frames, args.fps)
+    print(f"wrote {args.frames} frames and {video}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from data import DataError
+    from recon.io import CheckpointError
+
+    args = _parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    handlers = {"data": cmd_data_synth, "train": cmd_train, "eval": cmd_eval, "render": cmd_render}
+    try:
+        handlers[args.command](args)
+    except (DataError, CheckpointError, ValueError, FileNotFoundError) as error:
+        print(f"recon: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

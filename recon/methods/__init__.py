@@ -1,0 +1,17 @@
+"""Registered methods: `recon train <name>` looks them up here."""
+from __future__ import annotations
+
+from recon.methods.base import Method
+
+
+def method_registry() -> dict[str, type[Method]]:
+    from recon.methods.nerf import Nerf
+
+    return {Nerf.name: Nerf}
+
+
+def find_method(name: str) -> type[Method]:
+    registry = method_registry()
+    if name not in registry:
+        raise ValueError(f"unknown method {name!r} (available: {', '.join(sorted(registry))})")
+    return registry[name]

@@ -1,0 +1,148 @@
+"""The per-scene training loop shared by every method.
+
+A run directory holds `config.json` (method, preset, data path and options, the resolved config),
+`checkpoints/step_XXXXXXX.pt` (the latest only, written atomically), `metrics.jsonl` (training
+and validation lines), and `curves.png`. `resume=True` continues from the latest checkpoint with
+the same model, optimiser and random state, so the result equals an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from recon.io import CheckpointError, load_checkpoint, save_checkpoint, write_json
+from recon.methods.base import Method
+from recon.metrics import psnr
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = sorted((Path(run_dir) / "checkpoints").glob("step_*.pt"))
+    return checkpoints[-1] if checkpoints else None
+
+
+def restore(method: Method, path: Path, *, training: bool) -> dict:
+    """Load a checkpoint into `method` (and its optimiser state when `training`); returns it."""
+    state = load_checkpoint(path)
+    if state["method"] != method.name:
+        raise CheckpointError(f"{path}: checkpoint is for method {state['method']!r}, not {method.name!r}")
+    try:
+        method.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: checkpoint does not fit this model ({str(error).splitlines()[0]})") from None
+    if training:
+        method.load_training_state(state["training"])
+    return state
+
+
+class Trainer:
+    def __init__(self, method: Method, run_dir: Path, run_info: dict) -> None:
+        self.method = method
+        self.run_dir = Path(run_dir)
+        self.run_info = run_info  # method, preset, data, data_options: written to config.json
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+
+    def run(self, *, resume: bool = False, quiet: bool = False) -> dict[str, float]:
+        """Train to config.max_steps; returns the last validation metrics."""
+        config = self.method.config
+        start_step, train_time = 0, 0.0
+        checkpoint = latest_checkpoint(self.run_dir) if resume else None
+        if resume and checkpoint is None:
+            raise CheckpointError(f"{self.run_dir}: --resume given but no checkpoint in {self.run_dir / 'checkpoints'}")
+        if checkpoint is not None:
+            state = restore(self.method, checkpoint, training=True)
+            start_step, train_time = state["step"], state["train_time"]
+            torch.set_rng_state(state["torch_rng"])
+            self._truncate_metrics(start_step)
+        else:
+            torch.manual_seed(config.seed)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.metrics_path.unlink(missing_ok=True)
+        write_json(self.run_dir / "config.json", {**self.run_info, "config": asdict(config)})
+
+        last_eval: dict[str, float] = {}
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[stats]}"), TimeRemainingColumn()]
+        with Progress(*columns, disable=quiet) as progress:
+            task = progress.add_task(self.method.name, total=config.max_steps, completed=start_step, stats="")
+            for step in range(start_step, config.max_steps):
+                self.method.train()
+                tic = time.perf_counter()
+                stats = self.method.train_step(step)
+                elapsed = time.perf_counter() - tic
+                train_time += elapsed
+                done = step + 1
+                throughput = stats.get("rays", 0) / max(elapsed, 1e-9)
+                progress.update(task, completed=done, stats=f"loss {stats['loss']:.4f}  psnr {stats['psnr']:.2f}  {throughput:,.0f} rays/s")
+                if done % config.log_every == 0 or done == config.max_steps:
+                    self._log({"step": done, "train_time": round(train_time, 3), **{k: round(v, 5) for k, v in stats.items()}, "rays_per_s": round(throughput, 1)})
+                if done % config.eval_every == 0 or done == config.max_steps:
+                    last_eval = self.validate(done, train_time)
+                if done % config.checkpoint_every == 0 or done == config.max_steps:
+                    self.save(done, train_time)
+        self.plot_curves()
+        return last_eval
+
+    @torch.no_grad()
+    def validate(self, step: int, train_time: float) -> dict[str, float]:
+        """PSNR on the first `eval_views` validation views (test views when there is no val split)."""
+        scene = self.method.scene
+        split = "val" if len(scene.splits.get("val", [])) else "test"
+        views = scene.split(split)[: self.method.config.eval_views].tolist()
+        if not views:
+            return {}
+        self.method.eval()
+        values = [float(psnr(self.method.render_view(scene.K[i], scene.c2w[i], scene.width, scene.height)["rgb"], scene.images[i])) for i in views]
+        result = {"step": step, "train_time": round(train_time, 3), f"{split}_psnr": round(sum(values) / len(values), 4)}
+        self._log(result)
+        return result
+
+    def save(self, step: int, train_time: float) -> None:
+        previous = latest_checkpoint(self.run_dir)
+        path = self.run_dir / "checkpoints" / f"step_{step:07d}.pt"
+        save_checkpoint(path, {
+            "method": self.method.name,
+            "step": step,
+            "train_time": train_time,
+            "model": self.method.state_dict(),
+            "training": self.method.training_state(),
+            "torch_rng": torch.get_rng_state(),
+        })
+        if previous is not None and previous != path:
+            previous.unlink()
+
+    def _log(self, record: dict) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop lines logged after the checkpoint we resume from (they will be logged again)."""
+        if self.metrics_path.exists():
+            lines = [line for line in self.metrics_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            self.metrics_path.write_text("".join(line + "\n" for line in lines))
+
+    def plot_curves(self) -> None:
+        """curves.png: training loss and PSNR, validation PSNR, against the step."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        records = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+        train = [r for r in records if "loss" in r]
+        val = [r for r in records if any(k.endswith("_psnr") for k in r)]
+        fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(10, 4))
+        ax_loss.semilogy([r["step"] for r in train], [r["loss"] for r in train])
+        ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
+        ax_psnr.plot([r["step"] for r in train], [r["psnr"] for r in train], label="train (batch)")
+        if val:
+            key = next(k for k in val[0] if k.endswith("_psnr"))
+            ax_psnr.plot([r["step"] for r in val], [r[key] for r in val], "o-", label=key.replace("_psnr", ""))
+        ax_psnr.set(xlabel="step", ylabel="PSNR (dB)", title="PSNR")
+        ax_psnr.legend()
+        fig.tight_layout()
+        fig.savefig(self.run_dir / "curves.png", dpi=80)
+        plt.close(fig)

@@ -1,0 +1,1 @@
+"""Method-agnostic rendering machinery: cameras and rays, samplers, volume rendering, splatting."""

@@ -1,0 +1,6 @@
+"""Dataset format loaders; each converts its cameras to the toolkit's OpenCV convention."""
+from data.formats.blender import load_blender
+from data.formats.common import drop_nonfinite_poses
+from data.formats.llff import load_llff
+
+__all__ = ["drop_nonfinite_poses", "load_blender", "load_llff"]

@@ -1,0 +1,37 @@
+"""`load(path)`: detect a dataset's format from its files and call that format's loader."""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Callable
+
+from data.formats.blender import load_blender
+from data.formats.llff import load_llff
+from data.scene import DataError, Scene
+
+# marker file -> loader, in detection order
+FORMATS: dict[str, Callable[..., Scene]] = {
+    "transforms_train.json": load_blender,
+    "poses_bounds.npy": load_llff,
+}
+
+
+def load(path: str | Path, **kwargs: Any) -> Scene:
+    """Load the dataset at `path`; keyword options that the detected format does not take are ignored
+    (e.g. `spherify` for a Blender scene), options that no format takes are a `TypeError`."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset directory not found")
+    known = {name for loader in FORMATS.values() for name in _options(loader)}
+    if unknown := sorted(set(kwargs) - known):
+        raise TypeError(f"load: unknown option(s) {unknown}; known: {sorted(known)}")
+    for marker, loader in FORMATS.items():
+        if (root / marker).is_file():
+            options = _options(loader)
+            return loader(root, **{k: v for k, v in kwargs.items() if k in options})
+    raise DataError(f"{root}: unknown dataset format (expected {' or '.join(FORMATS)})")
+
+
+def _options(loader: Callable[..., Scene]) -> set[str]:
+    params = inspect.signature(loader).parameters.values()
+    return {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}

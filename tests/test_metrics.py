@@ -1,0 +1,52 @@
+"""Tests for recon.metrics."""
+
+import math
+
+import pytest
+import torch
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from recon.metrics import LPIPS_WEIGHTS_ENV, lpips, lpips_unavailable_reason, psnr, ssim
+
+
+def images(*shape, seed=0):
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_psnr_identical_is_inf_and_known_mse():
+    a = images(2, 3, 16, 16, 3) * 0.8
+    assert psnr(a, a).shape == (2, 3) and torch.isinf(psnr(a, a)).all()
+    torch.testing.assert_close(psnr(a + 0.1, a), torch.full((2, 3), 20.0))  # MSE 0.01
+    b = a.clone()
+    b[0, 0] += 0.01  # only image (0, 0) differs: MSE 1e-4 -> 40 dB
+    p = psnr(b, a)
+    assert math.isclose(p[0, 0].item(), 40.0, rel_tol=1e-4) and torch.isinf(p[1:]).all()
+
+
+def test_ssim_identity_noise_and_torchmetrics():
+    a = images(2, 3, 32, 32, 3)
+    torch.testing.assert_close(ssim(a, a), torch.ones(2, 3))
+    clean = images(32, 32, 3, seed=1)
+    noisy = [ssim((clean + s * torch.randn(clean.shape, generator=torch.Generator().manual_seed(2))).clamp(0, 1), clean)
+             for s in (0.02, 0.1, 0.3)]
+    assert noisy[0].shape == () and noisy[0] > noisy[1] > noisy[2]
+    b = (a + 0.1 * torch.randn(a.shape, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
+    expected = structural_similarity_index_measure(
+        b.reshape(6, 32, 32, 3).permute(0, 3, 1, 2), a.reshape(6, 32, 32, 3).permute(0, 3, 1, 2),
+        data_range=1.0, reduction="none",
+    )
+    torch.testing.assert_close(ssim(b, a), expected.reshape(2, 3))
+
+
+def test_lpips_unavailable_here(monkeypatch):
+    monkeypatch.delenv(LPIPS_WEIGHTS_ENV, raising=False)
+    a = images(16, 16, 3)
+    assert lpips(a, a) is None
+    assert LPIPS_WEIGHTS_ENV in lpips_unavailable_reason()
+    monkeypatch.setenv(LPIPS_WEIGHTS_ENV, "/nonexistent/lpips_alex.pth")
+    assert lpips(a, a) is None and "not a file" in lpips_unavailable_reason()
+
+
+def test_shape_mismatch_rejected():
+    with pytest.raises(AssertionError):
+        psnr(images(8, 8, 3), images(8, 9, 3))

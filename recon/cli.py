@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a method on one scene")
     train.add_argument("method", help="method name, e.g. nerf")
-    train.add_argument("--data", type=Path, required=True, help="dataset directory (Blender or LLFF format)")
+    train.add_argument("--data", type=Path, help="dataset directory (Blender or LLFF format); not needed with --resume")
     train.add_argument("--preset", default="default", help="named configuration, e.g. fast")
     train.add_argument("--max-steps", type=int, default=None)
     train.add_argument("--seed", type=int, default=None)
@@ -74,27 +74,30 @@ def cmd_train(args: argparse.Namespace) -> None:
     from recon.methods import find_method
     from recon.methods.base import config_from_dict
     from recon.runs import apply_overrides, default_run_dir, preset_config
+    from recon.trainer import Trainer
 
     method_cls = find_method(args.method)
     overrides = _overrides(args.set)
     for flag, key in ((args.max_steps, "max_steps"), (args.seed, "seed")):
         if flag is not None:
             overrides[key] = str(flag)
-    preset, data_options = args.preset, {"downscale": args.downscale}
+    data_path, preset, data_options = args.data, args.preset, {"downscale": args.downscale}
     if args.resume:  # continue with the run's own settings; only explicit overrides change them
         saved = (args.out or Path("--out")) / "config.json"
         if args.out is None or not saved.is_file():
             raise ValueError(f"--resume: {saved} not found (--out must name the run to continue)")
         info = json.loads(saved.read_text())
-        preset, data_options = info["preset"], info["data_options"]
+        data_path, preset, data_options = Path(info["data"]), info["preset"], info["data_options"]
         config = apply_overrides(config_from_dict(method_cls.Config, info["config"]), overrides)
     else:
+        if data_path is None:
+            raise ValueError("--data DIR is required (the dataset to train on)")
         config = apply_overrides(preset_config(method_cls, preset), overrides)
-    scene = data.load(args.data, **data_options)
+    scene = data.load(data_path, **data_options)
     run_dir = args.out or default_run_dir(method_cls.name, scene.name)
     torch.manual_seed(config.seed)
     method = method_cls(config, scene)
-    info = {"method": method_cls.name, "preset": preset, "data": str(Path(args.data).resolve()), "data_options": data_options}
+    info = {"method": method_cls.name, "preset": preset, "data": str(Path(data_path).resolve()), "data_options": data_options}
     print(f"run directory: {run_dir}")
     result = Trainer(method, run_dir, info).run(resume=args.resume, quiet=args.quiet)
     print("final validation: " + ", ".join(f"{k} {v}" for k, v in result.items()))

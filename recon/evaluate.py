@@ -20,7 +20,7 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def write_png(path: Path, image: torch.Tensor) -> None:
-    atomic_write(path, lambda tmp: iio.imwrite(tmp, to_uint8(image), extension=".png"))
+    atomic_write(path, lambda tmp: iio.imwrite(tmp, to_uint8(image)))
 
 
 def evaluate(method: Method, out_dir: Path, split: str = "test", max_views: int | None = None) -> dict:
@@ -88,7 +88,7 @@ def render_path(method: Method, out_dir: Path, path: str = "orbit", num_frames: 
         write_png(out_dir / path / f"frame_{k:04d}.png", rgb)
         frames.append(to_uint8(rgb))
     video = out_dir / f"{path}.mp4"
-    atomic_write(video, lambda tmp: iio.imwrite(tmp, np.stack(frames), extension=".mp4", fps=fps, macro_block_size=1))
+    atomic_write(video, lambda tmp: iio.imwrite(tmp, np.stack(frames), fps=fps, macro_block_size=1))
     return video
 
 

@@ -115,3 +115,52 @@ def _jitter_edges(s: torch.Tensor, generator: torch.Generator | None) -> torch.T
     lower = torch.cat([s[:, :1], centres], dim=-1)
     r = torch.rand(s.shape, device=s.device, generator=generator)
     return lower + (upper - lower) * r
+
+
+class OccupancyGrid(torch.nn.Module):
+    """A binary grid over an axis-aligned box marking where density may be; samples in empty
+    cells are skipped (Instant-NGP / nerfacc's occupancy grid, in plain torch for any device).
+
+    Each cell keeps a running maximum of σ·step_size, decayed on every update; a cell is
+    occupied while that value exceeds `threshold` (or the grid mean, if lower). Starts all occupied.
+    """
+
+    def __init__(self, aabb: torch.Tensor, resolution: int = 64, step_size: float = 0.01, threshold: float = 0.01, decay: float = 0.95) -> None:
+        super().__init__()
+        assert aabb.shape == (2, 3), f"aabb must be [2, 3], got {tuple(aabb.shape)}"
+        self.resolution, self.step_size, self.threshold, self.decay = resolution, step_size, threshold, decay
+        self.register_buffer("aabb", aabb.float().clone())
+        self.register_buffer("values", torch.full((resolution**3,), float("inf")))  # [G³] decayed max σ·step
+        self.register_buffer("occupied", torch.ones(resolution**3, dtype=torch.bool))  # [G³]
+
+    def cell_index(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat cell index [...] of positions [..., 3] and whether they lie inside the box [...]."""
+        unit = (positions - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
+        inside = ((unit >= 0) & (unit < 1)).all(-1)
+        cell = (unit.clamp(0, 1 - 1e-6) * self.resolution).long()
+        return (cell[..., 0] * self.resolution + cell[..., 1]) * self.resolution + cell[..., 2], inside
+
+    def query(self, positions: torch.Tensor) -> torch.Tensor:
+        """[...] bool: the position lies in an occupied cell."""
+        index, inside = self.cell_index(positions)
+        return self.occupied[index] & inside
+
+    @torch.no_grad()
+    def update(self, density_fn, *, all_cells: bool, generator: torch.Generator | None = None, chunk: int = 65536) -> None:
+        """Re-evaluate σ at one jittered point in each cell (all cells, or a random quarter plus
+        the occupied ones) and refresh the occupancy."""
+        n = self.resolution**3
+        device = self.values.device
+        if all_cells:
+            cells = torch.arange(n, device=device)
+        else:
+            random = torch.randint(0, n, (n // 4,), generator=generator, device=device)
+            cells = torch.cat([random, self.occupied.nonzero()[:, 0]])
+        ijk = torch.stack([cells // self.resolution**2, (cells // self.resolution) % self.resolution, cells % self.resolution], -1)
+        unit = (ijk + torch.rand(ijk.shape, generator=generator, device=device)) / self.resolution
+        points = self.aabb[0] + unit * (self.aabb[1] - self.aabb[0])
+        values = torch.cat([density_fn(p) for p in points.split(chunk)]) * self.step_size
+        decayed = torch.where(torch.isinf(self.values), torch.zeros_like(self.values), self.values * self.decay)
+        decayed[cells] = torch.maximum(decayed[cells], values)
+        self.values.copy_(decayed)
+        self.occupied.copy_(self.values > min(self.threshold, float(self.values.mean())))

@@ -45,3 +45,16 @@ def composite(
         rgb = rgb + (1.0 - opacity) * background
     depth = (weights * mids).sum(-1, keepdim=True) / opacity.clamp_min(1e-10)
     return {"rgb": rgb, "opacity": opacity, "depth": depth}
+
+
+@torch.no_grad()
+def visible_samples(
+    t_starts: torch.Tensor,  # [R, S]
+    t_ends: torch.Tensor,  # [R, S]
+    sigmas: torch.Tensor,  # [R, S]
+    min_transmittance: float = 1e-4,
+) -> torch.Tensor:
+    """[R, S] bool: samples whose transmittance is still above `min_transmittance` (early ray
+    termination: samples behind an opaque surface cannot change the colour)."""
+    _, transmittance, _ = nerfacc.render_weight_from_density(t_starts, t_ends, sigmas)
+    return transmittance > min_transmittance

@@ -2,8 +2,8 @@
 
 default: positional encoding + 8×256 MLP, 64 stratified coarse + 128 importance fine samples,
          separate coarse and fine networks, loss on both (Mildenhall et al. 2020).
-fast:    hash-grid field; one network marches 64 density-only samples without gradient, then
-         shades 32 importance samples with gradient (proposal-style resampling from itself).
+fast:    Instant-NGP-style: hash-grid field, 128 samples per ray of which only those in occupied
+         cells of an occupancy grid and in front of opaque surfaces are shaded.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from data import Scene
 from recon.fields.radiance import HashGridField, MLPField
 from recon.methods.base import Method, TrainConfig
 from renderers.cameras import Rays, image_rays, make_rays, pixel_rays
-from renderers.samplers import PDFSampler, RaySamples, StratifiedSampler
-from renderers.volume import composite, render_weights
+from renderers.samplers import OccupancyGrid, PDFSampler, RaySamples, StratifiedSampler
+from renderers.volume import composite, render_weights, visible_samples
 
 
 @dataclass
@@ -34,10 +34,13 @@ class NerfConfig(TrainConfig):
     hash_base_resolution: int = 16
     hash_max_resolution: int = 1024
     hash_hidden_dim: int = 64  # hashgrid field: width of its small MLPs
-    shared_coarse: bool = False  # one field for both passes; the coarse pass is density-only, no gradient
     num_coarse: int = 64  # stratified samples per ray
     num_fine: int = 128  # importance samples per ray (0: coarse only)
     spacing: str = "linear"  # coarse spacing: "linear" or "disparity"
+    occupancy_grid: bool = False  # skip samples in empty cells and behind opaque ones (with num_fine = 0)
+    grid_resolution: int = 64  # occupancy grid cells per axis
+    grid_update_every: int = 8  # steps between occupancy updates (every cell during the first 256 steps)
+    grid_decay: float = 0.8  # per-update decay of a cell's remembered density (lower forgets faster)
     rays_per_batch: int = 1024  # rays per training step
     lr: float = 5e-4  # initial Adam learning rate
     lr_final: float = 5e-5  # learning rate at max_steps (exponential decay)
@@ -47,16 +50,19 @@ class NerfConfig(TrainConfig):
 PRESETS = {
     "default": NerfConfig(),
     "fast": NerfConfig(
-        max_steps=3000,
+        max_steps=2000,
         field="hashgrid",
-        shared_coarse=True,
-        num_coarse=64,
-        num_fine=32,
+        hash_levels=8,
+        hash_log2_size=17,
+        hash_max_resolution=512,
+        occupancy_grid=True,
+        num_coarse=128,
+        num_fine=0,
         rays_per_batch=2048,
         lr=1e-2,
         lr_final=5e-4,
-        eval_every=500,
-        checkpoint_every=500,
+        eval_every=250,
+        checkpoint_every=250,
     ),
 }
 
@@ -69,11 +75,15 @@ class Nerf(Method):
     def __init__(self, config: NerfConfig, scene: Scene) -> None:
         super().__init__(config, scene)
         self.fine = self._make_field()
-        self.coarse = None if config.shared_coarse or config.num_fine == 0 else self._make_field()
+        self.coarse = self._make_field() if config.num_fine > 0 else None
         self.coarse_sampler = StratifiedSampler(config.num_coarse, config.spacing)
-        # Classic NeRF shades the union of coarse and fine samples; with a shared field the
-        # density-only coarse pass is a proposal, so only the importance samples are shaded.
-        self.fine_sampler = PDFSampler(config.num_fine, include_input=self.coarse is not None)
+        self.fine_sampler = PDFSampler(config.num_fine)  # shades the union of coarse and fine samples
+        self.grid = None
+        if config.occupancy_grid:
+            if config.num_fine:
+                raise ValueError("occupancy_grid needs num_fine=0 (it replaces importance sampling)")
+            step = (scene.far - scene.near) / config.num_coarse
+            self.grid = OccupancyGrid(self._aabb(), config.grid_resolution, step_size=step, decay=config.grid_decay)
         self.register_buffer("background", torch.tensor(scene.background, dtype=torch.float32))
         self.generator = torch.Generator().manual_seed(config.seed)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=config.lr, eps=1e-15 if config.field == "hashgrid" else 1e-8)
@@ -88,29 +98,25 @@ class Nerf(Method):
         if c.field == "mlp":
             return MLPField(c.pos_freqs, c.dir_freqs, c.hidden_dim, c.num_layers)
         if c.field == "hashgrid":
-            aabb = torch.tensor([[-1.0] * 3, [1.0] * 3]) if self.scene.ndc else self.scene.bounds
-            return HashGridField(aabb, c.hash_levels, c.hash_log2_size, c.hash_base_resolution, c.hash_max_resolution, c.hash_hidden_dim, dir_freqs=c.dir_freqs)
+            return HashGridField(self._aabb(), c.hash_levels, c.hash_log2_size, c.hash_base_resolution, c.hash_max_resolution, c.hash_hidden_dim, dir_freqs=c.dir_freqs)
         raise ValueError(f"field must be 'mlp' or 'hashgrid', got {c.field!r}")
+
+    def _aabb(self) -> torch.Tensor:
+        """[2, 3] box the hash grid and occupancy grid cover (NDC space is [-1, 1]³)."""
+        return torch.tensor([[-1.0] * 3, [1.0] * 3]) if self.scene.ndc else self.scene.bounds.float()
 
     # ---- rendering -------------------------------------------------------------------------
     def render_rays(self, rays: Rays, perturb: bool) -> dict[str, torch.Tensor]:
         """Colour [R, 3], depth [R, 1], opacity [R, 1] (and "rgb_coarse" with a coarse network)."""
         generator = self.generator if perturb else None
         samples = self.coarse_sampler(rays, perturb=perturb, generator=generator)
-        outputs: dict[str, torch.Tensor] = {}
-        if self.config.num_fine == 0:
-            return self._shade(self.fine, rays, samples)
+        if self.grid is not None:
+            return self._march(rays, samples)
         if self.coarse is None:
-            with torch.no_grad():
-                sigmas = self.fine.density(samples.positions(rays).reshape(-1, 3)).view(len(rays), -1)
-                weights = render_weights(samples.starts, samples.ends, sigmas)
-        else:
-            coarse = self._shade(self.coarse, rays, samples)
-            weights = coarse.pop("weights")
-            outputs["rgb_coarse"] = coarse["rgb"]
-        fine_samples = self.fine_sampler(rays, perturb=perturb, samples=samples, weights=weights, generator=generator)
-        outputs.update(self._shade(self.fine, rays, fine_samples))
-        return outputs
+            return self._shade(self.fine, rays, samples)
+        coarse = self._shade(self.coarse, rays, samples)
+        fine_samples = self.fine_sampler(rays, perturb=perturb, samples=samples, weights=coarse["weights"], generator=generator)
+        return {**self._shade(self.fine, rays, fine_samples), "rgb_coarse": coarse["rgb"]}
 
     def _shade(self, field: torch.nn.Module, rays: Rays, samples: RaySamples) -> dict[str, torch.Tensor]:
         num_rays, num_samples = samples.starts.shape
@@ -120,6 +126,23 @@ class Nerf(Method):
         weights = render_weights(samples.starts, samples.ends, sigmas.view(num_rays, num_samples))
         result = composite(weights, rgbs.view(num_rays, num_samples, 3), samples.mids, self.background)
         result["weights"] = weights
+        return result
+
+    def _march(self, rays: Rays, samples: RaySamples) -> dict[str, torch.Tensor]:
+        """Shade only samples in occupied cells that are not hidden behind opaque ones."""
+        num_rays, num_samples = samples.starts.shape
+        positions = samples.positions(rays)  # [R, S, 3]
+        keep = self.grid.query(positions)  # [R, S]
+        with torch.no_grad():
+            sigmas = torch.zeros(num_rays, num_samples).masked_scatter(keep, self.fine.density(positions[keep]))
+            keep &= visible_samples(samples.starts, samples.ends, sigmas)
+        viewdirs = rays.viewdirs[:, None, :].expand(-1, num_samples, -1)
+        sigma, rgb = self.fine(positions[keep], viewdirs[keep])  # [K], [K, 3]
+        sigmas = torch.zeros(num_rays, num_samples).masked_scatter(keep, sigma)
+        rgbs = torch.zeros(num_rays, num_samples, 3).masked_scatter(keep[..., None].expand(-1, -1, 3), rgb)
+        weights = render_weights(samples.starts, samples.ends, sigmas)
+        result = composite(weights, rgbs, samples.mids, self.background)
+        result["samples_per_ray"] = keep.sum(-1).float()
         return result
 
     @torch.no_grad()
@@ -145,6 +168,8 @@ class Nerf(Method):
         return rays, self.train_images[cam, v, u]
 
     def train_step(self, step: int) -> dict[str, float]:
+        if self.grid is not None and step % self.config.grid_update_every == 0:
+            self.grid.update(self.fine.density, all_cells=step < 256, generator=self.generator)
         rays, target = self.sample_training_rays()
         out = self.render_rays(rays, perturb=True)
         mse = F.mse_loss(out["rgb"], target)
@@ -153,7 +178,10 @@ class Nerf(Method):
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
-        return {"loss": float(loss), "psnr": -10.0 * math.log10(max(float(mse), 1e-10)), "rays": len(rays)}
+        stats = {"loss": loss.item(), "psnr": -10.0 * math.log10(max(mse.item(), 1e-10)), "rays": len(rays)}
+        if "samples_per_ray" in out:
+            stats["samples_per_ray"] = out["samples_per_ray"].mean().item()
+        return stats
 
     def training_state(self) -> dict:
         return {

@@ -164,3 +164,38 @@ def test_nerfacc_weights_match_the_reference_values_and_gradients():
     (grad_ours,) = torch.autograd.grad(ours, sigmas, cotangent)
     (grad_ref,) = torch.autograd.grad(reference, sigmas, cotangent)
     torch.testing.assert_close(grad_ours, grad_ref)
+
+
+def test_occupancy_grid_marks_where_density_is():
+    from renderers.samplers import OccupancyGrid
+
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=16, step_size=0.1, decay=0.5)
+    assert grid.query(torch.tensor([[0.9, -0.9, 0.0]])).all()  # starts all occupied
+
+    def ball(points):  # density 10 inside radius 0.5, nothing elsewhere
+        return 10.0 * (points.norm(dim=-1) < 0.5)
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        grid.update(ball, all_cells=True, generator=g)
+    assert grid.query(torch.tensor([[0.0, 0.0, 0.0], [0.2, -0.2, 0.1]])).all()
+    assert not grid.query(torch.tensor([[0.9, -0.9, 0.0], [0.0, 0.0, 0.8], [2.0, 0.0, 0.0]])).any()
+    # Occupied fraction ≈ the ball's volume fraction (cells straddling the surface count too).
+    ball_fraction = (4 / 3 * math.pi * 0.5**3) / 8
+    assert ball_fraction < grid.occupied.float().mean() < 2.5 * ball_fraction
+    # Once the density is gone, the remembered values decay geometrically.
+    peak = grid.values.max()
+    for _ in range(4):
+        grid.update(lambda p: torch.zeros(len(p)), all_cells=False, generator=g)
+    torch.testing.assert_close(grid.values.max(), peak * 0.5**4)
+
+
+def test_visible_samples_stop_behind_an_opaque_surface():
+    from renderers.volume import visible_samples
+
+    edges = torch.linspace(0, 1, 11).expand(2, -1)
+    sigmas = torch.zeros(2, 10)
+    sigmas[0, 4] = 1e4  # opaque at the fifth interval of the first ray
+    visible = visible_samples(edges[:, :-1], edges[:, 1:], sigmas)
+    assert visible[0, :5].all() and not visible[0, 5:].any()
+    assert visible[1].all()

@@ -1,4 +1,4 @@
-"""`recon` command line: data synth | train | eval | render.
+"""`recon` command line: data synth | train | eval | render | export.
 
 Errors a user can fix (bad paths, malformed data, wrong checkpoints, unknown settings) end in one
 line naming the file or argument, and exit status 2.
@@ -37,8 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--downscale", type=int, default=1, help="image downscale factor")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    evaluate = commands.add_parser("eval", help="render the test split of a run and write PSNR/SSIM/LPIPS")
-    evaluate.add_argument("run_dir", type=Path)
+    evaluate = commands.add_parser("eval", help="render the test split of a run (or a 3DGS .ply) and write PSNR/SSIM/LPIPS")
+    evaluate.add_argument("run_dir", type=Path, help="run directory, or a 3DGS .ply file (then --data is needed)")
+    evaluate.add_argument("--data", type=Path, default=None, help="dataset to evaluate a .ply file on")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--max-views", type=int, default=None)
 
@@ -47,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--path", choices=["orbit", "spiral"], default="orbit")
     render.add_argument("--frames", type=int, default=120)
     render.add_argument("--fps", type=int, default=30)
+
+    export = commands.add_parser("export", help="export a run's scene representation")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--format", choices=["ply"], default="ply")
+    export.add_argument("--out", type=Path, default=None, help="output file (default RUN_DIR/export/point_cloud.ply)")
     return parser
 
 
@@ -107,12 +113,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from recon.evaluate import evaluate
     from recon.runs import open_run
 
-    method, info = open_run(args.run_dir)
-    results = evaluate(method, args.run_dir / "eval", args.split, args.max_views)
+    if args.run_dir.suffix == ".ply":
+        import data
+        from recon.methods.splat import Splat
+
+        if args.data is None:
+            raise ValueError(f"--data DIR is required to evaluate {args.run_dir}")
+        method, label, out_dir = Splat.from_ply(args.run_dir, data.load(args.data)), str(args.run_dir), args.run_dir.with_suffix("") / "eval"
+    else:
+        method, info = open_run(args.run_dir)
+        label, out_dir = f"{info['method']} step {info['step']}", args.run_dir / "eval"
+    results = evaluate(method, out_dir, args.split, args.max_views)
     mean = results["mean"]
     lpips = "n/a" if mean["lpips"] is None else f"{mean['lpips']:.4f}"
-    print(f"{info['method']} step {info['step']}, {results['num_views']} {args.split} views: "
-          f"PSNR {mean['psnr']:.2f} dB, SSIM {mean['ssim']:.4f}, LPIPS {lpips} -> {args.run_dir / 'eval'}")
+    print(f"{label}, {results['num_views']} {args.split} views: "
+          f"PSNR {mean['psnr']:.2f} dB, SSIM {mean['ssim']:.4f}, LPIPS {lpips} -> {out_dir}")
 
 
 def cmd_render(args: argparse.Namespace) -> None:
@@ -124,6 +139,17 @@ def cmd_render(args: argparse.Namespace) -> None:
     print(f"wrote {args.frames} frames and {video}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from recon.runs import open_run
+
+    method, info = open_run(args.run_dir)
+    if not hasattr(method, "export_ply"):
+        raise ValueError(f"{args.run_dir}: method {info['method']!r} has no .ply export (Gaussian methods do)")
+    out = args.out or args.run_dir / "export" / "point_cloud.ply"
+    method.export_ply(out)
+    print(f"wrote {method.num_gaussians} Gaussians to {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from data import DataError
     from recon.io import CheckpointError
@@ -131,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    handlers = {"data": cmd_data_synth, "train": cmd_train, "eval": cmd_eval, "render": cmd_render}
+    handlers = {"data": cmd_data_synth, "train": cmd_train, "eval": cmd_eval, "render": cmd_render, "export": cmd_export}
     try:
         handlers[args.command](args)
     except (DataError, CheckpointError, ValueError, FileNotFoundError) as error:

@@ -6,8 +6,9 @@ from recon.methods.base import Method
 
 def method_registry() -> dict[str, type[Method]]:
     from recon.methods.nerf import Nerf
+    from recon.methods.splat import Splat
 
-    return {Nerf.name: Nerf}
+    return {Nerf.name: Nerf, Splat.name: Splat}
 
 
 def find_method(name: str) -> type[Method]:

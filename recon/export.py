@@ -1,0 +1,89 @@
+"""Gaussian scenes as the standard 3DGS .ply (graphdeco-inria layout), read and written.
+
+Vertex properties, little-endian float32: x y z, nx ny nz (zeros), f_dc_0..2, f_rest_0..M−1
+(channel-major: all of red's higher SH coefficients, then green's, then blue's), opacity (logit),
+scale_0..2 (log), rot_0..3 (w x y z quaternion). Files from other 3DGS trainers load too
+(extra properties are ignored; the SH degree follows from the f_rest count).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recon.io import atomic_write
+
+_TYPES = {"float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8", "uchar": "u1", "uint8": "u1", "int": "<i4", "int32": "<i4", "uint": "<u4", "short": "<i2", "ushort": "<u2", "char": "i1"}
+
+
+def write_ply(path: Path, params: dict[str, torch.Tensor]) -> None:
+    """Write Gaussians given as raw parameters: means [N,3], scales [N,3] (log), quats [N,4],
+    opacities [N] (logit), sh0 [N,1,3], shN [N,K−1,3]."""
+    means = params["means"].detach().cpu().float()
+    n = means.shape[0]
+    rest = params["shN"].detach().cpu().float().transpose(1, 2).reshape(n, -1)  # [N, 3·(K−1)] channel-major
+    columns = {
+        **{a: means[:, i] for i, a in enumerate("xyz")},
+        **{a: torch.zeros(n) for a in ("nx", "ny", "nz")},
+        **{f"f_dc_{i}": params["sh0"].detach().cpu().float()[:, 0, i] for i in range(3)},
+        **{f"f_rest_{i}": rest[:, i] for i in range(rest.shape[1])},
+        "opacity": params["opacities"].detach().cpu().float(),
+        **{f"scale_{i}": params["scales"].detach().cpu().float()[:, i] for i in range(3)},
+        **{f"rot_{i}": params["quats"].detach().cpu().float()[:, i] for i in range(4)},
+    }
+    table = np.empty(n, dtype=[(name, "<f4") for name in columns])
+    for name, values in columns.items():
+        table[name] = values.numpy()
+    header = "ply\nformat binary_little_endian 1.0\n" f"element vertex {n}\n" + "".join(f"property float {name}\n" for name in columns) + "end_header\n"
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(header.encode("ascii") + table.tobytes()))
+
+
+def read_ply(path: Path) -> dict[str, torch.Tensor]:
+    """Read a 3DGS .ply into raw parameters (the inverse of write_ply); one clear error if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such .ply file")
+    raw = path.read_bytes()
+    end = raw.find(b"end_header\n")
+    if not raw.startswith(b"ply\n") or end < 0:
+        raise ValueError(f"{path}: not a PLY file (no 'ply' ... 'end_header' header)")
+    lines = raw[:end].decode("ascii", errors="replace").splitlines()
+    if "format binary_little_endian 1.0" not in lines:
+        raise ValueError(f"{path}: only binary_little_endian PLY files are supported")
+    count, fields, in_vertex = 0, [], False
+    for line in lines:
+        words = line.split()
+        if words[:1] == ["element"]:
+            in_vertex = words[1] == "vertex"
+            count = int(words[2]) if in_vertex else count
+        elif words[:1] == ["property"] and in_vertex:
+            if words[1] == "list" or words[1] not in _TYPES:
+                raise ValueError(f"{path}: unsupported vertex property {' '.join(words[1:])!r}")
+            fields.append((words[2], _TYPES[words[1]]))
+    names = {name for name, _ in fields}
+    required = {"x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"}
+    if missing := sorted(required - names):
+        raise ValueError(f"{path}: not a 3D Gaussian splatting .ply (missing properties {', '.join(missing)})")
+    dtype = np.dtype(fields)
+    body = raw[end + len(b"end_header\n"):]
+    if len(body) < count * dtype.itemsize:
+        raise ValueError(f"{path}: truncated ({len(body)} bytes of vertex data, expected {count * dtype.itemsize})")
+    table = np.frombuffer(body, dtype=dtype, count=count)
+
+    def stack(columns: list[str]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([table[c].astype(np.float32) for c in columns], -1))
+
+    rest_names = sorted((n for n in names if n.startswith("f_rest_")), key=lambda n: int(n[7:]))
+    if len(rest_names) % 3 or int(round(math.sqrt(len(rest_names) // 3 + 1))) ** 2 != len(rest_names) // 3 + 1:
+        raise ValueError(f"{path}: {len(rest_names)} f_rest properties is not 3·((degree+1)²−1)")
+    rest = stack(rest_names) if rest_names else torch.zeros(count, 0)
+    return {
+        "means": stack(["x", "y", "z"]),
+        "scales": stack(["scale_0", "scale_1", "scale_2"]),
+        "quats": stack(["rot_0", "rot_1", "rot_2", "rot_3"]),
+        "opacities": stack(["opacity"])[:, 0],
+        "sh0": stack(["f_dc_0", "f_dc_1", "f_dc_2"])[:, None, :],
+        "shN": rest.view(count, 3, -1).transpose(1, 2).contiguous(),  # [N, K−1, 3]
+    }

@@ -233,6 +233,6 @@ def _cpu_kernel():
     else:
         if _cpu.available():
             return _cpu
-        reason = "its C++ extension is not available (no compiler?)"
+        reason = _cpu.build_error()
     warnings.warn(f"compiled CPU rasterizer unavailable ({reason}); using the slow torch rasterizer", stacklevel=3)
     return None

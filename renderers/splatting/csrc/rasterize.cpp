@@ -1,0 +1,607 @@
+// CPU rasterizer for 3D Gaussian splatting with a hand-written backward.
+//
+// Semantics follow gsplat 1.5.3 "classic" 3DGS (IntersectTile.cu, RasterizeToPixels3DGS{Fwd,Bwd}.cu):
+// tile binning by the square [mean - radius, mean + radius], per-tile depth order, pixel centres at
+// +0.5, alpha = min(0.999, opacity * exp(-sigma)) skipped below 1/255, exclusive early termination
+// when transmittance would drop to <= 1e-4, background weighted by the final transmittance.
+//
+// Each call bins Gaussians to tiles (count, prefix sum, fill, per-tile depth sort) and then works
+// on (camera, tile) pairs in parallel. The backward writes per-Gaussian gradients to one slot per
+// (Gaussian, tile) intersection and sums each Gaussian's slots at the end: no atomics, and results
+// do not depend on the thread count.
+#include <torch/extension.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr float kAlphaMin = 1.f / 255.f;  // gsplat ALPHA_THRESHOLD
+constexpr float kAlphaMax = 0.999f;
+constexpr float kTransmittanceMin = 1e-4f;
+constexpr int kPrefetch = 4;  // Gaussians ahead in a tile's list
+
+// Gradient slot layout per intersection: d/d(mean x, y), d/d(conic a, b, c), d/d(opacity),
+// d/d(colour[D]), then |d/d(mean)| summed per pixel (absgrad only).
+constexpr int kSlotMean = 0, kSlotConic = 2, kSlotOpacity = 5, kSlotColor = 6;
+
+inline int clamp_to_int(float v, int lo, int hi) {  // also safe for huge or infinite v
+  return static_cast<int>(std::min(std::max(v, static_cast<float>(lo)), static_cast<float>(hi)));
+}
+
+// A Gaussian prepared for compositing: its parameters plus conservative bounds of the pixels where
+// alpha >= 1/255 is possible: sigma <= sigma_cut, hence |x + 0.5 - mean x| <= x_ext (same for y).
+// The exact test stays per pixel; the bounds only skip pixels that surely fail it.
+struct Splat {
+  float x, y;     // 2D mean [px]
+  float a, b, c;  // conic: inverse 2D covariance (upper triangle)
+  float o;        // opacity
+  float x_ext, y_ext, sigma_cut;
+  enum Kind : int32_t { kInvisible, kEllipse, kWholeTile } kind;
+};
+
+Splat prepare(const float* mean, const float* conic, float opacity) {
+  Splat s{mean[0], mean[1], conic[0], conic[1], conic[2], opacity, 0.f, 0.f, INFINITY, Splat::kWholeTile};
+  if (!(opacity >= kAlphaMin)) {  // alpha = min(0.999, o exp(-sigma)) < 1/255 wherever sigma >= 0
+    s.kind = Splat::kInvisible;
+    return s;
+  }
+  const double a = s.a, b = s.b, c = s.c, det = a * c - b * b;
+  if (!(a > 0.0 && det > 0.0 && std::isfinite(det) && std::isfinite(s.x) && std::isfinite(s.y)))
+    return s;  // sigma may be negative or the conic degenerate: test every pixel of the tile
+  // sigma <= log(255 o), widened by a margin for float rounding of sigma, which grows with the
+  // conic's condition a c / det through cancellation; the ellipse sigma = cut bounds x and y.
+  const double sigma_max = std::log(opacity / static_cast<double>(kAlphaMin));
+  const double cut = sigma_max + (1e-3 + 1e-6 * a * c / det) * (1.0 + sigma_max);
+  s.kind = Splat::kEllipse;
+  s.sigma_cut = static_cast<float>(cut);
+  s.x_ext = static_cast<float>(std::sqrt(2.0 * cut * c / det));
+  s.y_ext = static_cast<float>(std::sqrt(2.0 * cut * a / det));
+  return s;
+}
+
+// Raw pointers and sizes shared by all kernels. Index g is flat over cameras: c * N + n.
+struct Problem {
+  int64_t C, N, D;
+  int W, H, ts, TW, TH;
+  const float* means2d;      // [C, N, 2]
+  const float* conics;       // [C, N, 3]
+  const float* colors;       // [C, N, D]
+  const float* opacities;    // [C, N]
+  const float* backgrounds;  // [C, D] or nullptr
+  std::vector<Splat> splats;  // [C * N]
+  const int32_t* tile_offsets = nullptr;  // [C * TH * TW + 1]
+  const int32_t* isect_ids = nullptr;     // [n_isects] flat Gaussian index, depth-sorted per tile
+
+  Problem(const at::Tensor& means2d_, const at::Tensor& conics_, const at::Tensor& colors_,
+          const at::Tensor& opacities_, const c10::optional<at::Tensor>& backgrounds_, int width, int height,
+          int tile_size)
+      : C(means2d_.size(0)), N(means2d_.size(1)), D(colors_.size(2)), W(width), H(height), ts(tile_size),
+        TW((width + tile_size - 1) / tile_size), TH((height + tile_size - 1) / tile_size),
+        means2d(means2d_.data_ptr<float>()), conics(conics_.data_ptr<float>()),
+        colors(colors_.data_ptr<float>()), opacities(opacities_.data_ptr<float>()),
+        backgrounds(backgrounds_ ? backgrounds_->data_ptr<float>() : nullptr), splats(C * N) {
+    at::parallel_for(0, C * N, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) splats[g] = prepare(means2d + 2 * g, conics + 3 * g, opacities[g]);
+    });
+  }
+
+  int64_t tiles() const { return C * TH * TW; }
+};
+
+// Float -> uint32 key with the same order, so the depth sort is a total order even with NaNs.
+inline uint32_t depth_key(float depth) {
+  uint32_t u;
+  std::memcpy(&u, &depth, sizeof u);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+struct Bins {
+  at::Tensor tile_offsets;   // [C * TH * TW + 1] int32: start of each tile's list
+  at::Tensor isect_ids;      // [n_isects] int32: flat Gaussian index, by depth then index per tile
+  at::Tensor isect_slots;    // [n_isects] int32: gradient slot (Gaussian-major intersection index)
+  at::Tensor gauss_offsets;  // [C * N + 1] int32: start of each Gaussian's slots
+};
+
+// Tiles covered by the square [mean - radius, mean + radius], as gsplat's intersect_tile.
+struct TileRect {
+  int x0 = 0, x1 = 0, y0 = 0, y1 = 0;
+  int count() const { return (x1 - x0) * (y1 - y0); }
+};
+
+TileRect tile_rect(const Problem& P, const int32_t* radii, int64_t g) {
+  TileRect r;
+  const float rx = static_cast<float>(radii[2 * g]), ry = static_cast<float>(radii[2 * g + 1]);
+  const float mx = P.means2d[2 * g], my = P.means2d[2 * g + 1];
+  if (rx <= 0.f || ry <= 0.f || !std::isfinite(mx) || !std::isfinite(my)) return r;
+  const float ts = static_cast<float>(P.ts);
+  const float tx = mx / ts, ty = my / ts, trx = rx / ts, try_ = ry / ts;
+  r.x0 = clamp_to_int(std::floor(tx - trx), 0, P.TW);
+  r.x1 = clamp_to_int(std::ceil(tx + trx), 0, P.TW);
+  r.y0 = clamp_to_int(std::floor(ty - try_), 0, P.TH);
+  r.y1 = clamp_to_int(std::ceil(ty + try_), 0, P.TH);
+  return r;
+}
+
+Bins bin_gaussians(const Problem& P, const at::Tensor& radii, const at::Tensor& depths) {
+  const int64_t G = P.C * P.N, T = P.tiles();
+  const int32_t* rad = radii.data_ptr<int32_t>();
+  const float* dep = depths.data_ptr<float>();
+  std::vector<TileRect> rects(G);
+  at::parallel_for(0, G, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) rects[g] = tile_rect(P, rad, g);
+  });
+
+  auto opts = at::TensorOptions().dtype(at::kInt);
+  Bins b{at::empty({T + 1}, opts), at::Tensor(), at::Tensor(), at::empty({G + 1}, opts)};
+  int32_t* goff = b.gauss_offsets.data_ptr<int32_t>();
+  int32_t* toff = b.tile_offsets.data_ptr<int32_t>();
+  std::vector<int64_t> count(T + 1, 0);  // per tile, shifted by one for the prefix sum
+  int64_t n = 0;
+  for (int64_t g = 0; g < G; ++g) {
+    const TileRect& r = rects[g];
+    goff[g] = static_cast<int32_t>(n);
+    n += r.count();
+    TORCH_CHECK(n < INT32_MAX, "rasterize: too many tile intersections");
+    const int64_t base = (g / P.N) * P.TH * P.TW;
+    for (int y = r.y0; y < r.y1; ++y)
+      for (int x = r.x0; x < r.x1; ++x) ++count[base + y * P.TW + x + 1];
+  }
+  goff[G] = static_cast<int32_t>(n);
+  for (int64_t t = 0; t < T; ++t) count[t + 1] += count[t];
+  for (int64_t t = 0; t <= T; ++t) toff[t] = static_cast<int32_t>(count[t]);
+
+  struct Entry {
+    uint32_t key;
+    int32_t g, slot;
+  };
+  std::vector<Entry> entries(n);
+  for (int64_t g = 0; g < G; ++g) {  // Gaussian order: ties in depth stay ordered by index
+    const TileRect& r = rects[g];
+    const int64_t base = (g / P.N) * P.TH * P.TW;
+    const uint32_t key = depth_key(dep[g]);
+    int32_t slot = goff[g];
+    for (int y = r.y0; y < r.y1; ++y)
+      for (int x = r.x0; x < r.x1; ++x) entries[count[base + y * P.TW + x]++] = {key, static_cast<int32_t>(g), slot++};
+  }
+  at::parallel_for(0, T, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t)
+      std::sort(entries.begin() + toff[t], entries.begin() + toff[t + 1],
+                [](const Entry& l, const Entry& r) { return l.key != r.key ? l.key < r.key : l.g < r.g; });
+  });
+
+  b.isect_ids = at::empty({n}, opts);
+  b.isect_slots = at::empty({n}, opts);
+  int32_t* ids = b.isect_ids.data_ptr<int32_t>();
+  int32_t* slots = b.isect_slots.data_ptr<int32_t>();
+  at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      ids[i] = entries[i].g;
+      slots[i] = entries[i].slot;
+    }
+  });
+  return b;
+}
+
+// Runs body(tile) for every (camera, tile), dynamically scheduled on torch's thread count.
+template <typename Body>
+void for_each_tile(const Problem& P, Body body) {
+#pragma omp parallel num_threads(at::get_num_threads())
+  {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < P.tiles(); ++t) body(t);
+  }
+}
+
+// ---------------------------------------------------------------- vectors
+
+// Tiles are processed in chunks of kLanes consecutive pixels of a row, one pixel per lane, with
+// GCC vector extensions: 8 lanes with AVX (the build adds -mavx2 -mfma where the CPU has them),
+// else 4. Lane-wise maths equal scalar float maths.
+#ifdef __AVX__
+constexpr int kLanes = 8;
+#else
+constexpr int kLanes = 4;
+#endif
+typedef float vf __attribute__((vector_size(4 * kLanes)));
+typedef int32_t vi __attribute__((vector_size(4 * kLanes)));  // masks: -1 true, 0 false
+
+inline vf bc(float v) { return vf{} + v; }
+inline vi bci(int32_t v) { return vi{} + v; }
+inline vf select(vi mask, vf a, vf b) { return mask ? a : b; }
+inline vf vabs(vf x) { return reinterpret_cast<vf>(reinterpret_cast<vi>(x) & 0x7fffffff); }
+inline bool any(vi mask) {
+#if defined(__AVX__)
+  return !_mm256_testz_si256(reinterpret_cast<__m256i>(mask), reinterpret_cast<__m256i>(mask));
+#elif defined(__x86_64__)
+  return _mm_movemask_epi8(reinterpret_cast<__m128i>(mask)) != 0;
+#else
+  int32_t r = 0;
+  for (int l = 0; l < kLanes; ++l) r |= mask[l];
+  return r != 0;
+#endif
+}
+inline float hsum(vf x) {
+  float r = 0.f;
+  for (int l = 0; l < kLanes; ++l) r += x[l];
+  return r;
+}
+inline vf lane_offsets() {  // 0, 1, ..., kLanes - 1
+  vf r;
+  for (int l = 0; l < kLanes; ++l) r[l] = static_cast<float>(l);
+  return r;
+}
+
+inline vf fmadd(vf a, vf b, vf c) {  // a * b + c, fused where the CPU can
+#ifdef __FMA__
+  return _mm256_fmadd_ps(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+// exp(x) as Cephes expf: 2^n * p(r) with |r| <= ln(2) / 2, about 1 ulp; x clamped to [-87, 88].
+inline vf vexp(vf x) {
+  x = select(x == x, x, bc(0.f));  // NaN -> 0 (callers reject the NaN sigma anyway)
+  x = select(x < -87.f, bc(-87.f), select(x > 88.f, bc(88.f), x));
+  const vf fx = x * 1.44269504088896341f + 0.5f;
+  vi n = __builtin_convertvector(fx, vi);
+  n += __builtin_convertvector(n, vf) > fx;  // truncation -> floor (mask is -1)
+  const vf nf = __builtin_convertvector(n, vf);
+  const vf r = fmadd(nf, bc(2.12194440e-4f), fmadd(nf, bc(-0.693359375f), x));
+  vf p = bc(1.9875691500e-4f);
+  for (float coef : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+    p = fmadd(p, r, bc(coef));
+  p = fmadd(p, r * r, r + 1.f);
+  return p * reinterpret_cast<vf>((n + 127) << 23);
+}
+
+// gsplat's per-pixel test for one chunk, in two steps so that chunks can be skipped before the
+// exp: sigma = 1/2 d^T conic d with d = mean - pixel centre, then vis = exp(-sigma),
+// alpha = min(0.999, opacity * vis), ok = sigma >= 0 and alpha >= 1/255. Forward and backward
+// must take identical decisions, so both use these.
+struct Column {  // the dx terms of sigma, shared by a column of chunks
+  vf dx, a_dx_dx, b_dx;
+  Column(const Splat& s, vf px) : dx(s.x - px), a_dx_dx(s.a * dx * dx), b_dx(s.b * dx) {}
+};
+struct Eval {
+  vf sigma, vis, alpha;
+  vi ok;
+};
+inline Eval gauss(const Splat& s, const Column& col, float dy) {
+  Eval e;
+  e.sigma = 0.5f * (col.a_dx_dx + s.c * dy * dy) + col.b_dx * dy;
+  return e;
+}
+inline vi may_pass(const Splat& s, const Eval& e) { return e.sigma <= s.sigma_cut; }  // ok implies this
+inline void shade(const Splat& s, Eval& e) {
+  e.vis = vexp(-e.sigma);
+  const vf raw = s.o * e.vis;
+  e.alpha = select(raw < kAlphaMax, raw, bc(kAlphaMax));
+  e.ok = (e.sigma >= 0.f) & (e.alpha >= kAlphaMin);
+}
+
+// Pixel layout of one (camera, tile): rows of `chunks` vectors; lane l of chunk j in row y is
+// pixel (x0 + j * kLanes + l, y). Lanes past the image edge exist but never contribute.
+struct Tile {
+  int64_t cam;
+  int x0, x1, y0, y1, chunks;
+  Tile(const Problem& P, int64_t t) : cam(t / (P.TH * P.TW)), chunks((P.ts + kLanes - 1) / kLanes) {
+    const int64_t rem = t % (P.TH * P.TW);
+    x0 = static_cast<int>(rem % P.TW) * P.ts;
+    y0 = static_cast<int>(rem / P.TW) * P.ts;
+    x1 = std::min(P.W, x0 + P.ts);
+    y1 = std::min(P.H, y0 + P.ts);
+  }
+  int vectors() const { return (y1 - y0) * chunks; }
+  int pixels() const { return (x1 - x0) * (y1 - y0); }
+  int lane_index(int x, int y) const { return ((y - y0) * chunks) * kLanes + (x - x0); }  // into float views
+  int64_t global(const Problem& P, int x, int y) const { return (cam * P.H + y) * P.W + x; }  // [C, H, W]
+  vf px(int j) const { return lane_offsets() + static_cast<float>(x0 + j * kLanes) + 0.5f; }
+  vi outside(int j) const { return lane_offsets() + static_cast<float>(x0 + j * kLanes) >= static_cast<float>(x1); }
+};
+
+// Rows [y_lo, y_hi) and chunks [j_lo, j_hi) of a tile that a splat may touch (1 px margin).
+struct Box {
+  int y_lo, y_hi, j_lo, j_hi;
+  Box(const Splat& s, const Tile& tile) : y_lo(tile.y0), y_hi(tile.y1), j_lo(0), j_hi(tile.chunks) {
+    if (s.kind == Splat::kInvisible) y_hi = y_lo;
+    if (s.kind != Splat::kEllipse) return;
+    y_lo = clamp_to_int(std::floor(s.y - 0.5f - s.y_ext), tile.y0, tile.y1);
+    y_hi = clamp_to_int(std::ceil(s.y - 0.5f + s.y_ext) + 1.f, tile.y0, tile.y1);
+    const int x_lo = clamp_to_int(std::floor(s.x - 0.5f - s.x_ext), tile.x0, tile.x1);
+    const int x_hi = clamp_to_int(std::ceil(s.x - 0.5f + s.x_ext) + 1.f, tile.x0, tile.x1);
+    j_lo = (x_lo - tile.x0) / kLanes;
+    j_hi = x_lo < x_hi ? (x_hi - tile.x0 + kLanes - 1) / kLanes : j_lo;
+  }
+};
+
+inline float* lanes(std::vector<vf>& v) { return reinterpret_cast<float*>(v.data()); }
+inline int32_t* lanes(std::vector<vi>& v) { return reinterpret_cast<int32_t*>(v.data()); }
+
+// ---------------------------------------------------------------- forward
+
+struct ForwardOut {
+  float* colors;   // [C, H, W, D]
+  float* alphas;   // [C, H, W]
+  float* T_final;  // [C, H, W] transmittance after the last contributing Gaussian
+  int32_t* last;   // [C, H, W] list position of the last contributing Gaussian, -1 if none
+};
+
+// DC: channel count at compile time, 0 = P.D at run time.
+template <int DC>
+void forward_tile(const Problem& P, int64_t t, const ForwardOut& out) {
+  const int64_t D = DC ? DC : P.D;
+  const Tile tile(P, t);
+  const int nv = tile.vectors();
+  // Per pixel: transmittance, accumulated colour (channel-major), last contributor, done mask.
+  std::vector<vf> T(nv, bc(1.f)), acc(D * nv, bc(0.f));
+  std::vector<vi> last(nv, bci(-1)), done(nv);
+  for (int v = 0; v < nv; ++v) done[v] = tile.outside(v % tile.chunks);
+  int n_todo = tile.pixels();
+
+  const int32_t begin = P.tile_offsets[t], end = P.tile_offsets[t + 1];
+  for (int32_t i = begin; i < end && n_todo > 0; ++i) {
+    if (i + kPrefetch < end) __builtin_prefetch(&P.splats[P.isect_ids[i + kPrefetch]]);
+    const int64_t g = P.isect_ids[i];
+    const Splat& s = P.splats[g];
+    const float* col = P.colors + g * D;
+    const Box box(s, tile);
+    vi stopped = bci(0);
+    for (int j = box.j_lo; j < box.j_hi; ++j) {
+      const Column column(s, tile.px(j));
+      for (int y = box.y_lo; y < box.y_hi; ++y) {
+        const float dy = s.y - (y + 0.5f);
+        const int v = (y - tile.y0) * tile.chunks + j;
+        Eval e = gauss(s, column, dy);
+        const vi live = ~done[v] & may_pass(s, e);
+        if (!any(live)) continue;
+        shade(s, e);
+        const vi ok = e.ok & live;
+        const vf next_T = T[v] * (1.f - e.alpha);
+        const vi stop = ok & (next_T <= kTransmittanceMin);  // exclusive: not added
+        const vi add = ok & ~stop;
+        const vf w = select(add, e.alpha * T[v], bc(0.f));
+        for (int64_t k = 0; k < D; ++k) acc[k * nv + v] += col[k] * w;
+        T[v] = select(add, next_T, T[v]);
+        last[v] = add ? bci(i) : last[v];
+        done[v] |= stop;
+        stopped += stop;
+      }
+    }
+    for (int l = 0; l < kLanes; ++l) n_todo += stopped[l];
+  }
+
+  const float* bg = P.backgrounds ? P.backgrounds + tile.cam * D : nullptr;
+  const float *T_l = lanes(T), *acc_l = lanes(acc);
+  const int32_t* last_l = lanes(last);
+  const int64_t stride = static_cast<int64_t>(nv) * kLanes;  // between channels in acc
+  for (int y = tile.y0; y < tile.y1; ++y) {
+    for (int x = tile.x0; x < tile.x1; ++x) {
+      const int p = tile.lane_index(x, y);
+      const int64_t q = tile.global(P, x, y);
+      for (int64_t k = 0; k < D; ++k) out.colors[q * D + k] = acc_l[k * stride + p] + (bg ? T_l[p] * bg[k] : 0.f);
+      out.alphas[q] = 1.f - T_l[p];
+      out.T_final[q] = T_l[p];
+      out.last[q] = last_l[p];
+    }
+  }
+}
+
+// ---------------------------------------------------------------- backward
+
+struct BackwardIn {
+  const float* T_final;   // [C, H, W]
+  const int32_t* last;    // [C, H, W]
+  const float* v_colors;  // [C, H, W, D]
+  const float* v_alphas;  // [C, H, W]
+  const int32_t* slots;   // [n_isects]
+  float* grads;           // [n_isects, K] gradient slots, zero-initialised
+  int64_t K;
+  bool absgrad;
+};
+
+template <int DC>
+void backward_tile(const Problem& P, int64_t t, const BackwardIn& in) {
+  const int64_t D = DC ? DC : P.D;
+  const Tile tile(P, t);
+  const int nv = tile.vectors();
+  const float* bg = P.backgrounds ? P.backgrounds + tile.cam * D : nullptr;
+  // Per pixel: running transmittance (recovered back to front), final transmittance, last list
+  // position, dL/dcolour and the colour of what lies behind (channel-major), and
+  // dL/d(1 - T_final) net of the background term.
+  std::vector<vf> T(nv, bc(1.f)), T_final(nv, bc(1.f)), v_T(nv, bc(0.f)), v_col(D * nv, bc(0.f)),
+      behind(D * nv, bc(0.f));
+  std::vector<vi> last(nv, bci(-1));
+  const int64_t stride = static_cast<int64_t>(nv) * kLanes;
+  int32_t last_max = -1;
+  for (int y = tile.y0; y < tile.y1; ++y) {
+    for (int x = tile.x0; x < tile.x1; ++x) {
+      const int p = tile.lane_index(x, y);
+      const int64_t q = tile.global(P, x, y);
+      lanes(T)[p] = lanes(T_final)[p] = in.T_final[q];
+      lanes(last)[p] = in.last[q];
+      last_max = std::max(last_max, in.last[q]);
+      float bg_dot = 0.f;
+      for (int64_t k = 0; k < D; ++k) {
+        lanes(v_col)[k * stride + p] = in.v_colors[q * D + k];
+        if (bg) bg_dot += bg[k] * in.v_colors[q * D + k];
+      }
+      lanes(v_T)[p] = in.v_alphas[q] - bg_dot;
+    }
+  }
+
+  // Vector accumulators of one Gaussian's gradient, laid out as its slot (registers for fixed D).
+  const int64_t K = in.K;
+  vf fixed[DC ? kSlotColor + DC + 2 : 1];
+  std::vector<vf> dynamic(DC ? 0 : K);
+  vf* grad = DC ? fixed : dynamic.data();
+
+  const int32_t begin = P.tile_offsets[t];
+  for (int32_t i = last_max; i >= begin; --i) {
+    if (i - kPrefetch >= begin) __builtin_prefetch(&P.splats[P.isect_ids[i - kPrefetch]]);
+    const int64_t g = P.isect_ids[i];
+    const Splat& s = P.splats[g];
+    const float* col = P.colors + g * D;
+    const Box box(s, tile);
+    std::fill(grad, grad + K, bc(0.f));
+    bool touched = false;
+    for (int j = box.j_lo; j < box.j_hi; ++j) {
+      const Column column(s, tile.px(j));
+      const vf dx = column.dx;
+      for (int y = box.y_lo; y < box.y_hi; ++y) {
+        const float dy = s.y - (y + 0.5f);
+        const int v = (y - tile.y0) * tile.chunks + j;
+        Eval e = gauss(s, column, dy);
+        const vi listed = (bci(i) <= last[v]) & may_pass(s, e);  // as the forward's live lanes
+        if (!any(listed)) continue;
+        shade(s, e);
+        const vi valid = e.ok & listed;
+        if (!any(valid)) continue;
+        touched = true;
+        const vf ra = 1.f / (1.f - e.alpha);
+        T[v] = select(valid, T[v] * ra, T[v]);  // transmittance in front of this Gaussian
+        const vf w = select(valid, e.alpha * T[v], bc(0.f));
+        vf v_alpha = T_final[v] * ra * v_T[v];
+        for (int64_t k = 0; k < D; ++k) {
+          const vf vc = v_col[k * nv + v];
+          vf& b = behind[k * nv + v];
+          grad[kSlotColor + k] += w * vc;
+          v_alpha += (col[k] * T[v] - b * ra) * vc;
+          b += col[k] * w;
+        }
+        const vi unclamped = valid & (s.o * e.vis <= kAlphaMax);  // no gradient through the clamp
+        const vf v_sigma = select(unclamped, -s.o * e.vis * v_alpha, bc(0.f));
+        const vf v_mx = v_sigma * (s.a * dx + s.b * dy), v_my = v_sigma * (s.b * dx + s.c * dy);
+        grad[kSlotMean] += v_mx;
+        grad[kSlotMean + 1] += v_my;
+        grad[kSlotConic] += 0.5f * v_sigma * dx * dx;
+        grad[kSlotConic + 1] += v_sigma * dx * dy;
+        grad[kSlotConic + 2] += 0.5f * v_sigma * dy * dy;
+        grad[kSlotOpacity] += select(unclamped, e.vis * v_alpha, bc(0.f));
+        if (in.absgrad) {
+          grad[kSlotColor + D] += vabs(v_mx);
+          grad[kSlotColor + D + 1] += vabs(v_my);
+        }
+      }
+    }
+    if (touched) {
+      float* slot = in.grads + in.slots[i] * K;  // this (Gaussian, tile)'s own slot
+      for (int64_t k = 0; k < K; ++k) slot[k] = hsum(grad[k]);
+    }
+  }
+}
+
+template <template <int> class Kernel, typename... Args>
+void dispatch_channels(int64_t D, Args&&... args) {
+  switch (D) {
+    case 1: return Kernel<1>::run(args...);
+    case 2: return Kernel<2>::run(args...);
+    case 3: return Kernel<3>::run(args...);
+    case 4: return Kernel<4>::run(args...);
+    default: return Kernel<0>::run(args...);
+  }
+}
+
+template <int DC>
+struct Forward {
+  static void run(const Problem& P, const ForwardOut& out) {
+    for_each_tile(P, [&](int64_t t) { forward_tile<DC>(P, t, out); });
+  }
+};
+
+template <int DC>
+struct Backward {
+  static void run(const Problem& P, const BackwardIn& in) {
+    for_each_tile(P, [&](int64_t t) { backward_tile<DC>(P, t, in); });
+  }
+};
+
+void check_inputs(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& colors,
+                  const at::Tensor& opacities, const c10::optional<at::Tensor>& backgrounds) {
+  for (const at::Tensor* x : {&means2d, &conics, &colors, &opacities}) {
+    TORCH_CHECK(x->is_contiguous() && x->scalar_type() == at::kFloat && x->device().is_cpu(),
+                "rasterize: inputs must be contiguous float32 CPU tensors");
+  }
+  if (backgrounds) TORCH_CHECK(backgrounds->is_contiguous() && backgrounds->scalar_type() == at::kFloat);
+}
+
+}  // namespace
+
+// Returns render_colors [C, H, W, D], render_alphas [C, H, W, 1], and what the backward needs:
+// T_final [C, H, W], last_ids [C, H, W], tile_offsets, isect_ids, isect_slots, gauss_offsets.
+std::vector<at::Tensor> rasterize_forward(const at::Tensor& means2d, const at::Tensor& conics,
+                                          const at::Tensor& colors, const at::Tensor& opacities,
+                                          const at::Tensor& depths, const at::Tensor& radii,
+                                          const c10::optional<at::Tensor>& backgrounds, int64_t width,
+                                          int64_t height, int64_t tile_size) {
+  check_inputs(means2d, conics, colors, opacities, backgrounds);
+  TORCH_CHECK(radii.is_contiguous() && radii.scalar_type() == at::kInt && radii.size(-1) == 2);
+  TORCH_CHECK(depths.is_contiguous() && depths.scalar_type() == at::kFloat);
+  Problem P(means2d, conics, colors, opacities, backgrounds, width, height, tile_size);
+  const Bins bins = bin_gaussians(P, radii, depths);
+  P.tile_offsets = bins.tile_offsets.data_ptr<int32_t>();
+  P.isect_ids = bins.isect_ids.data_ptr<int32_t>();
+
+  auto f32 = means2d.options();
+  at::Tensor render_colors = at::empty({P.C, height, width, P.D}, f32);
+  at::Tensor render_alphas = at::empty({P.C, height, width, 1}, f32);
+  at::Tensor T_final = at::empty({P.C, height, width}, f32);
+  at::Tensor last_ids = at::empty({P.C, height, width}, f32.dtype(at::kInt));
+  const ForwardOut out{render_colors.data_ptr<float>(), render_alphas.data_ptr<float>(), T_final.data_ptr<float>(),
+                       last_ids.data_ptr<int32_t>()};
+  dispatch_channels<Forward>(P.D, P, out);
+  return {render_colors, render_alphas, T_final, last_ids,
+          bins.tile_offsets, bins.isect_ids, bins.isect_slots, bins.gauss_offsets};
+}
+
+// Returns v_means2d [C, N, 2], v_conics [C, N, 3], v_colors [C, N, D], v_opacities [C, N] and,
+// with absgrad, the per-pixel sum of |d/dmeans2d| [C, N, 2] (else an empty tensor).
+std::vector<at::Tensor> rasterize_backward(
+    const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& colors, const at::Tensor& opacities,
+    const c10::optional<at::Tensor>& backgrounds, int64_t width, int64_t height, int64_t tile_size,
+    const at::Tensor& T_final, const at::Tensor& last_ids, const at::Tensor& tile_offsets,
+    const at::Tensor& isect_ids, const at::Tensor& isect_slots, const at::Tensor& gauss_offsets,
+    const at::Tensor& v_render_colors, const at::Tensor& v_render_alphas, bool absgrad) {
+  check_inputs(means2d, conics, colors, opacities, backgrounds);
+  TORCH_CHECK(v_render_colors.is_contiguous() && v_render_alphas.is_contiguous());
+  Problem P(means2d, conics, colors, opacities, backgrounds, width, height, tile_size);
+  P.tile_offsets = tile_offsets.data_ptr<int32_t>();
+  P.isect_ids = isect_ids.data_ptr<int32_t>();
+
+  const int64_t K = kSlotColor + P.D + (absgrad ? 2 : 0);
+  at::Tensor grads = at::zeros({isect_ids.size(0), K}, means2d.options());
+  const BackwardIn in{T_final.data_ptr<float>(), last_ids.data_ptr<int32_t>(), v_render_colors.data_ptr<float>(),
+                      v_render_alphas.data_ptr<float>(), isect_slots.data_ptr<int32_t>(), grads.data_ptr<float>(),
+                      K, absgrad};
+  dispatch_channels<Backward>(P.D, P, in);
+
+  // Sum each Gaussian's slots (contiguous, in tile order): [C, N, K].
+  const int64_t G = P.C * P.N;
+  at::Tensor total = at::empty({P.C, P.N, K}, means2d.options());
+  const int32_t* goff = gauss_offsets.data_ptr<int32_t>();
+  const float* src = grads.data_ptr<float>();
+  float* dst = total.data_ptr<float>();
+  at::parallel_for(0, G, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      float* d = dst + g * K;
+      std::fill(d, d + K, 0.f);
+      for (int32_t j = goff[g]; j < goff[g + 1]; ++j)
+        for (int64_t k = 0; k < K; ++k) d[k] += src[j * K + k];
+    }
+  });
+  return {total.narrow(2, kSlotMean, 2).contiguous(), total.narrow(2, kSlotConic, 3).contiguous(),
+          total.narrow(2, kSlotColor, P.D).contiguous(), total.select(2, kSlotOpacity).contiguous(),
+          absgrad ? total.narrow(2, kSlotColor + P.D, 2).contiguous() : at::Tensor()};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &rasterize_forward, "Gaussian rasterization to pixels, forward (CPU)");
+  m.def("backward", &rasterize_backward, "Gaussian rasterization to pixels, backward (CPU)");
+}

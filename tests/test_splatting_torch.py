@@ -451,6 +451,7 @@ def test_unsupported_arguments():
 def test_cpu_backend_falls_back_to_torch_with_one_warning(monkeypatch):
     unavailable = types.ModuleType("renderers.splatting._cpu")
     unavailable.available = lambda: False
+    unavailable.build_error = lambda: "no C++ compiler found"
     monkeypatch.setitem(sys.modules, "renderers.splatting._cpu", unavailable)
     monkeypatch.setattr(splatting, "_cpu", unavailable, raising=False)
     rendering._cpu_kernel.cache_clear()

@@ -15,6 +15,10 @@ $(DEMO_SCENE)/transforms_train.json: | setup
 	$(RECON) data synth --format blender --out $(DEMO_SCENE) --seed 0
 
 demo: setup $(DEMO_SCENE)/transforms_train.json
+	$(RECON) train splat --data $(DEMO_SCENE) --preset fast --out $(DEMO_RUNS)/splat
+	$(RECON) eval $(DEMO_RUNS)/splat
+	$(RECON) export $(DEMO_RUNS)/splat --format ply
+	$(RECON) render $(DEMO_RUNS)/splat --path orbit --frames 60
 	$(RECON) train nerf --data $(DEMO_SCENE) --preset fast --out $(DEMO_RUNS)/nerf
 	$(RECON) eval $(DEMO_RUNS)/nerf
 	$(RECON) render $(DEMO_RUNS)/nerf --path orbit --frames 60
@@ -24,6 +28,8 @@ test: setup
 
 bench: setup
 	$(PY) bench/nerf.py
+	$(PY) bench/splat_raster.py
+	$(PY) bench/splat_train.py
 
 clean-demo:
 	rm -rf $(DEMO_SCENE) $(DEMO_RUNS)

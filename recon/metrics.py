@@ -6,7 +6,7 @@ import functools
 import os
 
 import torch
-from torchmetrics.functional.image import structural_similarity_index_measure
+import torch.nn.functional as F
 
 __all__ = ["psnr", "ssim", "lpips", "lpips_unavailable_reason", "LPIPS_WEIGHTS_ENV"]
 
@@ -33,12 +33,35 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image SSIM, Gaussian window 11 / sigma 1.5, data range 1 (torchmetrics): [..., H, W, 3] -> [...]."""
+    """Per-image SSIM, Gaussian window 11 / sigma 1.5, data range 1: [..., H, W, 3] -> [...].
+
+    Same definition as torchmetrics' (reflect padding, mean over the full map; tested against
+    it), computed with a separable window so that it is cheap enough to be a training loss.
+    """
     _check_images(pred, target)
-    values = structural_similarity_index_measure(
-        _to_nchw(pred), _to_nchw(target), gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=1.0, reduction="none"
-    )  # [B]
-    return values.reshape(pred.shape[:-3])
+    x, y = _to_nchw(pred), _to_nchw(target)  # [B, 3, H, W]
+    b = x.shape[0]
+    pad = _SSIM_WINDOW // 2
+    stats = F.pad(torch.cat([x, y, x * x, y * y, x * y]), (pad, pad, pad, pad), mode="reflect")  # [5B, 3, H+10, W+10]
+    window = _gaussian_window(x.dtype, x.device)
+    blurred = F.conv2d(F.conv2d(stats, window.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3), window.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
+    mu_x, mu_y, xx, yy, xy = blurred.split(b)  # each [B, 3, H, W]
+    var_x = (xx - mu_x**2).clamp_min(0)
+    var_y = (yy - mu_y**2).clamp_min(0)
+    cov = xy - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    ssim_map = (2 * mu_x * mu_y + c1) * (2 * cov + c2) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.mean(dim=(1, 2, 3)).reshape(pred.shape[:-3])
+
+
+_SSIM_WINDOW, _SSIM_SIGMA = 11, 1.5
+
+
+def _gaussian_window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[11] normalised 1D Gaussian, σ 1.5."""
+    offsets = torch.arange(_SSIM_WINDOW, dtype=dtype, device=device) - _SSIM_WINDOW // 2
+    window = torch.exp(-0.5 * (offsets / _SSIM_SIGMA) ** 2)
+    return window / window.sum()
 
 
 @functools.cache

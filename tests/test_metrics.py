@@ -50,3 +50,13 @@ def test_lpips_unavailable_here(monkeypatch):
 def test_shape_mismatch_rejected():
     with pytest.raises(AssertionError):
         psnr(images(8, 8, 3), images(8, 9, 3))
+
+
+def test_ssim_gradient_matches_torchmetrics():
+    """ssim() doubles as the 3DGS training loss: its gradient must be torchmetrics' too."""
+    target = images(24, 20, 3, seed=4)
+    pred = (target + 0.1 * torch.randn(target.shape, generator=torch.Generator().manual_seed(5))).clamp(0, 1).double().requires_grad_()
+    (ours,) = torch.autograd.grad(ssim(pred, target.double()), pred)
+    reference = structural_similarity_index_measure(pred.permute(2, 0, 1)[None], target.double().permute(2, 0, 1)[None], data_range=1.0)
+    (expected,) = torch.autograd.grad(reference, pred)
+    torch.testing.assert_close(ours, expected)

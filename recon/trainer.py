@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from recon.io import CheckpointError, load_checkpoint, save_checkpoint, write_json
+from recon.io import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, write_json
 from recon.methods.base import Method
 from recon.metrics import psnr
 
@@ -144,5 +144,5 @@ class Trainer:
         ax_psnr.set(xlabel="step", ylabel="PSNR (dB)", title="PSNR")
         ax_psnr.legend()
         fig.tight_layout()
-        fig.savefig(self.run_dir / "curves.png", dpi=80)
+        atomic_write(self.run_dir / "curves.png", lambda tmp: fig.savefig(tmp, dpi=80))
         plt.close(fig)

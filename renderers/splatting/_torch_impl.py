@@ -18,7 +18,6 @@ output can be compared with gsplat on a GPU machine:
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

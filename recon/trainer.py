@@ -75,10 +75,11 @@ class Trainer:
                 elapsed = time.perf_counter() - tic
                 train_time += elapsed
                 done = step + 1
-                throughput = stats.get("rays", 0) / max(elapsed, 1e-9)
-                progress.update(task, completed=done, stats=f"loss {stats['loss']:.4f}  psnr {stats['psnr']:.2f}  {throughput:,.0f} rays/s")
+                speed = {"rays_per_s": stats["rays"] / max(elapsed, 1e-9)} if "rays" in stats else {"steps_per_s": 1 / max(elapsed, 1e-9)}
+                extra = f"{speed['rays_per_s']:,.0f} rays/s" if "rays" in stats else f"{stats.get('gaussians', 0):,} Gaussians"
+                progress.update(task, completed=done, stats=f"loss {stats['loss']:.4f}  psnr {stats['psnr']:.2f}  {extra}")
                 if done % config.log_every == 0 or done == config.max_steps:
-                    self._log({"step": done, "train_time": round(train_time, 3), **{k: round(v, 5) for k, v in stats.items()}, "rays_per_s": round(throughput, 1)})
+                    self._log({"step": done, "train_time": round(train_time, 3), **{k: round(v, 5) for k, v in {**stats, **speed}.items()}})
                 if done % config.eval_every == 0 or done == config.max_steps:
                     last_eval = self.validate(done, train_time)
                 if done % config.checkpoint_every == 0 or done == config.max_steps:

@@ -1,10 +1,13 @@
-"""Compiled CPU backend: tile-based Gaussian rasterization (C++/OpenMP) with a hand-written backward.
+"""Compiled CPU backend: Gaussian splatting kernels (C++/OpenMP) with hand-written backwards.
 
 `rasterize_to_pixels` matches gsplat 1.5.3's `rasterize_to_pixels` (classic 3DGS, not packed), but
 takes depths and radii instead of precomputed tile intersections: binning happens in the kernel.
-The extension is JIT-built on first use (`csrc/rasterize.cpp`, ~40 s) and cached by torch under
-$TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions). If it cannot be built, `available()` is
-False and `build_error()` says why in one line.
+`project_gaussians` and `spherical_harmonics` compute exactly what their `_torch_impl` namesakes do,
+fused per Gaussian; their gradients flow to means, quats, scales and SH coefficients/directions,
+never to viewmats or Ks, and culled (camera, Gaussian) pairs (radii 0) get none, as in gsplat.
+The two extensions (`csrc/rasterize.cpp`, `csrc/project.cpp`) are JIT-built on first use (~40 s
+each) and cached by torch under $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions). If either
+cannot be built, `available()` is False and `build_error()` says why in one line.
 """
 from __future__ import annotations
 
@@ -14,8 +17,9 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-_SOURCE = Path(__file__).parent / "csrc" / "rasterize.cpp"
+_CSRC = Path(__file__).parent / "csrc"
 _error: Optional[str] = None
 
 
@@ -29,30 +33,49 @@ def _isa_flags() -> list:
 
 
 @functools.cache
-def _extension():
-    """The loaded extension module, or None (and `_error` set) if it cannot be built."""
+def _extensions():
+    """The loaded (rasterizer, projection) extension modules, or None (and `_error` set) if either
+    cannot be built."""
     global _error
     isa = _isa_flags()
+    suffix = "_avx2" if isa else ""  # one cache entry per instruction set, so a shared cache never mixes them
     try:
         from torch.utils.cpp_extension import load
 
-        return load(  # one cache entry per instruction set, so a shared cache never mixes them
-            name="recon_splat_cpu" + ("_avx2" if isa else ""),
-            sources=[str(_SOURCE)],
-            extra_cflags=["-O3", "-ffp-contract=off", "-fopenmp", *isa],
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
+        return tuple(
+            load(
+                name=name + suffix,
+                sources=[str(_CSRC / source)],
+                extra_cflags=["-O3", "-ffp-contract=off", "-fopenmp", *isa],
+                extra_ldflags=["-fopenmp"],
+                verbose=False,
+            )
+            for name, source in (("recon_splat_cpu", "rasterize.cpp"), ("recon_splat_project_cpu", "project.cpp"))
         )
     except Exception as e:  # missing compiler/ninja, build or load failure
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         detail = next((line for line in lines if "error" in line.lower()), lines[-1] if lines else type(e).__name__)
-        _error = f"cannot build the C++ CPU rasterizer ({type(e).__name__}: {detail})"
+        _error = f"cannot build the C++ CPU splatting kernels ({type(e).__name__}: {detail})"
         return None
+
+
+def _extension():
+    """The rasterizer module; raises if the kernels are unavailable."""
+    if _extensions() is None:
+        raise RuntimeError(_error)
+    return _extensions()[0]
+
+
+def _projection():
+    """The projection and SH module; raises if the kernels are unavailable."""
+    if _extensions() is None:
+        raise RuntimeError(_error)
+    return _extensions()[1]
 
 
 def available() -> bool:
     """Whether the compiled kernel is usable; builds it on the first call and never raises."""
-    return _extension() is not None
+    return _extensions() is not None
 
 
 def build_error() -> Optional[str]:
@@ -77,9 +100,7 @@ def rasterize_to_pixels(
     """Renders colors [C, H, W, D] and alphas [C, H, W, 1], differentiable w.r.t. means2d, conics,
     colors, opacities and backgrounds. With absgrad, backward adds the per-pixel sum of
     |dL/dmeans2d| to `means2d.absgrad` [C, N, 2] (created if missing)."""
-    ext = _extension()
-    if ext is None:
-        raise RuntimeError(_error)
+    _extension()  # raises if unavailable
     C, N = means2d.shape[:2]
     D = colors.shape[-1]
     assert means2d.shape == (C, N, 2), means2d.shape
@@ -128,3 +149,92 @@ class _RasterizeToPixels(torch.autograd.Function):
         if ctx.needs_input_grad[4]:  # colour += T_final * background
             v_backgrounds = (v_render_colors * T_final[..., None]).sum(dim=(1, 2))
         return v_means2d, v_conics, v_colors, v_opacities, v_backgrounds, None, None, None, None, None, None
+
+
+def project_gaussians(
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4] wxyz, any norm
+    scales: Tensor,  # [N, 3]
+    viewmats: Tensor,  # [C, 4, 4] world → camera (OpenCV)
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    eps2d: float = 0.3,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    opacities: Optional[Tensor] = None,  # [N], enables gsplat's opacity-aware radius and culling
+    calc_compensations: bool = False,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """`_torch_impl.project_gaussians`, fused: radii [C, N, 2] int32, means2d [C, N, 2], depths
+    [C, N], conics [C, N, 3], compensations [C, N] or None. Differentiable w.r.t. means, quats and
+    scales only (viewmats and Ks get no gradient; opacities only cull); pairs with radii 0 get none."""
+    N, C = means.shape[0], viewmats.shape[0]
+    assert means.shape == (N, 3), means.shape
+    assert quats.shape == (N, 4), quats.shape
+    assert scales.shape == (N, 3), scales.shape
+    assert viewmats.shape == (C, 4, 4), viewmats.shape
+    assert Ks.shape == (C, 3, 3), Ks.shape
+    assert opacities is None or opacities.shape == (N,), opacities.shape
+    for name, x in (("means", means), ("quats", quats), ("scales", scales), ("viewmats", viewmats), ("Ks", Ks)):
+        assert x.dtype == torch.float32 and x.device.type == "cpu", f"{name}: expected float32 on CPU, got {x.dtype} on {x.device}"
+    if opacities is not None:
+        opacities = opacities.detach().float().contiguous()
+    config = (int(width), int(height), float(eps2d), float(near_plane), float(far_plane), float(radius_clip), bool(calc_compensations))
+    radii, means2d, depths, conics, compensations = _ProjectGaussians.apply(
+        means.contiguous(), quats.contiguous(), scales.contiguous(),
+        viewmats.detach().contiguous(), Ks.detach().contiguous(), opacities, config,
+    )  # fmt: skip
+    return radii, means2d, depths, conics, compensations if calc_compensations else None
+
+
+class _ProjectGaussians(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means, quats, scales, viewmats, Ks, opacities, config):
+        radii, *outputs = _projection().project_forward(means, quats, scales, viewmats, Ks, opacities, *config)
+        ctx.mark_non_differentiable(radii)
+        ctx.save_for_backward(means, quats, scales, viewmats, Ks, radii)
+        ctx.config = config
+        return radii, *outputs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, _v_radii, v_means2d, v_depths, v_conics, v_compensations):
+        means, quats, scales, viewmats, Ks, radii = ctx.saved_tensors
+        v_means, v_quats, v_scales = _projection().project_backward(
+            means, quats, scales, viewmats, Ks, radii, *ctx.config,
+            *(v.float().contiguous() for v in (v_means2d, v_depths, v_conics, v_compensations)),
+        )  # fmt: skip
+        return v_means, v_quats, v_scales, None, None, None, None
+
+
+def spherical_harmonics(
+    degree: int,
+    dirs: Tensor,  # [..., 3], any norm
+    coeffs: Tensor,  # [..., K, 3], K ≥ (degree + 1)²
+) -> Tensor:
+    """`_torch_impl.spherical_harmonics`, fused: [..., 3] SH colour (without gsplat's +0.5 offset)
+    of degree 0–3 along `dirs`, differentiable w.r.t. dirs and coeffs."""
+    assert 0 <= degree <= 3, f"sh_degree must be 0..3, got {degree}"
+    batch, K = dirs.shape[:-1], coeffs.shape[-2]
+    assert dirs.shape[-1] == 3 and coeffs.shape == (*batch, K, 3), (dirs.shape, coeffs.shape)
+    assert K >= (degree + 1) ** 2, f"sh_degree={degree} needs K >= {(degree + 1) ** 2}, got {K}"
+    for name, x in (("dirs", dirs), ("coeffs", coeffs)):
+        assert x.dtype == torch.float32 and x.device.type == "cpu", f"{name}: expected float32 on CPU, got {x.dtype} on {x.device}"
+    colors = _SphericalHarmonics.apply(int(degree), dirs.reshape(-1, 3).contiguous(), coeffs.reshape(-1, K, 3).contiguous())
+    return colors.reshape(*batch, 3)
+
+
+class _SphericalHarmonics(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, degree, dirs, coeffs):  # [M, 3], [M, K, 3]
+        ctx.degree = degree
+        ctx.save_for_backward(dirs, coeffs)
+        return _projection().sh_forward(degree, dirs, coeffs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, v_colors):  # [M, 3]
+        dirs, coeffs = ctx.saved_tensors
+        v_dirs, v_coeffs = _projection().sh_backward(ctx.degree, dirs, coeffs, v_colors.float().contiguous())
+        return None, v_dirs, v_coeffs

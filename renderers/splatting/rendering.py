@@ -8,9 +8,10 @@ Backends (`backend=`):
   "torch"   the pure-torch reference in `_torch_impl`; any device, autograd only, slow.
   "auto"    gsplat on CUDA, cpu for float32 on CPU, torch otherwise (float64, MPS, ...).
 
-The cpu and torch backends share everything but the per-pixel compositing: projection, SH
-colours and culling (`_torch_impl`, plain autograd), and the render-mode handling here (depth as
-an extra colour channel; "ED" divides it by the alpha).
+The cpu and torch backends share the semantics of projection, SH colours and culling (`_torch_impl`,
+plain autograd; the cpu backend runs `_cpu`'s fused C++ versions of them unless viewmats or Ks need
+gradients) and the render-mode handling here (depth as an extra colour channel; "ED" divides it by
+the alpha); they differ in the per-pixel compositing.
 
 Interface of the compiled CPU kernel, `renderers/splatting/_cpu.py`:
     _cpu.available() -> bool          # False when the extension cannot be built or loaded
@@ -126,13 +127,16 @@ def rasterization(
         )  # fmt: skip
     _check_unsupported(unsupported)
     cpu = _cpu_kernel() if backend == "cpu" else None
+    # The fused C++ projection and SH give viewmats and Ks no gradient.
+    fused = cpu is not None and not (viewmats.requires_grad or Ks.requires_grad)
+    project, sh = (cpu.project_gaussians, cpu.spherical_harmonics) if fused else (project_gaussians, spherical_harmonics)
 
-    radii, means2d, depths, conics, compensations = project_gaussians(
+    radii, means2d, depths, conics, compensations = project(
         means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane, radius_clip,
         opacities=opacities, calc_compensations=rasterize_mode == "antialiased",
     )  # fmt: skip
     opacities = opacities.expand(C, N) if compensations is None else opacities * compensations  # [C, N]
-    colors = _view_colors(colors, sh_degree, means, viewmats)  # [C, N, D]
+    colors = _view_colors(colors, sh_degree, means, viewmats, sh)  # [C, N, D]
     colors, backgrounds = _add_depth_channel(colors, backgrounds, depths, render_mode)
 
     tile_width, tile_height = math.ceil(width / tile_size), math.ceil(height / tile_size)
@@ -174,7 +178,9 @@ def rasterization(
     return render_colors, render_alphas, info
 
 
-def _view_colors(colors: torch.Tensor, sh_degree: int | None, means: torch.Tensor, viewmats: torch.Tensor) -> torch.Tensor:
+def _view_colors(
+    colors: torch.Tensor, sh_degree: int | None, means: torch.Tensor, viewmats: torch.Tensor, sh=spherical_harmonics
+) -> torch.Tensor:
     """[C, N, D] per-view colours; SH as gsplat: direction mean − camera centre, colour clamp(SH + 0.5, 0)."""
     C, N = viewmats.shape[0], means.shape[0]
     if sh_degree is None:
@@ -182,7 +188,7 @@ def _view_colors(colors: torch.Tensor, sh_degree: int | None, means: torch.Tenso
     campos = torch.inverse(viewmats)[:, :3, 3]  # [C, 3]
     dirs = means[None, :, :] - campos[:, None, :]  # [C, N, 3]
     coeffs = colors.expand(C, N, *colors.shape[-2:])  # [C, N, K, 3]
-    return torch.clamp_min(spherical_harmonics(sh_degree, dirs, coeffs) + 0.5, 0.0)
+    return torch.clamp_min(sh(sh_degree, dirs, coeffs) + 0.5, 0.0)
 
 
 def _add_depth_channel(

@@ -116,7 +116,7 @@ class Splat(Method):
     def _make_optimizers(self) -> None:
         c = self.config
         lrs = {"means": c.lr_means * self.scene_scale, "scales": c.lr_scales, "quats": c.lr_quats, "opacities": c.lr_opacities, "sh0": c.lr_sh0, "shN": c.lr_shN}
-        self.optimizers = {name: torch.optim.Adam([{"params": self.params[name], "lr": lr, "name": name}], eps=1e-15) for name, lr in lrs.items()}
+        self.optimizers = {name: torch.optim.Adam([{"params": self.params[name], "lr": lr, "name": name}], eps=1e-15, fused=True) for name, lr in lrs.items()}
         gamma = (c.lr_means_final / c.lr_means) ** (1.0 / max(c.max_steps, 1))
         self.means_scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizers["means"], gamma)
         self.strategy.check_sanity(self.params, self.optimizers)

@@ -1,0 +1,1 @@
+"""Live viser viewer for training and saved runs."""

@@ -39,6 +39,9 @@ class Method(nn.Module):
         super().__init__()
         self.config = config
         self.scene = scene
+        train = scene.split("train")
+        self.train_images = scene.images[train]  # [T, H, W, 3]
+        self.train_K, self.train_c2w = scene.K[train], scene.c2w[train]  # [T, 3, 3], [T, 4, 4]
 
     def train_step(self, step: int) -> dict[str, float]:
         """One optimisation step; returns at least "loss", "psnr" and "rays" (or "gaussians")."""

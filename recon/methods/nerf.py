@@ -89,9 +89,6 @@ class Nerf(Method):
         self.optimizer = torch.optim.Adam(self.parameters(), lr=config.lr, eps=1e-15 if config.field == "hashgrid" else 1e-8)
         gamma = (config.lr_final / config.lr) ** (1.0 / max(config.max_steps, 1))
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma)
-        train = scene.split("train")
-        self.train_images = scene.images[train]  # [T, H, W, 3]
-        self.train_K, self.train_c2w = scene.K[train], scene.c2w[train]
 
     def _make_field(self) -> torch.nn.Module:
         c = self.config

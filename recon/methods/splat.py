@@ -75,9 +75,6 @@ class Splat(Method):
         """`gaussians`: raw parameters to start from (as `read_ply` returns) instead of `config.init`."""
         super().__init__(config, scene)
         self.generator = torch.Generator().manual_seed(config.seed)
-        train = scene.split("train")
-        self.train_images = scene.images[train]  # [T, H, W, 3]
-        self.train_K, self.train_c2w = scene.K[train], scene.c2w[train]
         centres = self.train_c2w[:, :3, 3]
         self.scene_scale = float((centres - centres.mean(0)).norm(dim=-1).max()) * 1.1
         self.register_buffer("background", torch.tensor(scene.background, dtype=torch.float32))
@@ -189,7 +186,7 @@ class Splat(Method):
         return {
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "means_scheduler": self.means_scheduler.state_dict(),
-            "strategy_state": {k: v for k, v in self.strategy_state.items()},
+            "strategy_state": dict(self.strategy_state),
             "generator": self.generator.get_state(),
         }
 

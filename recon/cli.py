@@ -1,4 +1,4 @@
-"""`recon` command line: data synth | train | eval | render | export.
+"""`recon` command line: data synth | train | eval | render | view | export.
 
 Errors a user can fix (bad paths, malformed data, wrong checkpoints, unknown settings) end in one
 line naming the file or argument, and exit status 2.
@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     train.add_argument("--downscale", type=int, default=1, help="image downscale factor")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--viewer", action="store_true", help="serve a live viser viewer while training (and after, until Ctrl-C)")
+    train.add_argument("--viewer-port", type=int, default=8080, help="viewer port (the next free one if taken)")
+    train.add_argument("--viewer-host", default="127.0.0.1", help="viewer interface (default loopback only; 0.0.0.0 exposes it to the network)")
 
     evaluate = commands.add_parser("eval", help="render the test split of a run (or a 3DGS .ply) and write PSNR/SSIM/LPIPS")
     evaluate.add_argument("run_dir", type=Path, help="run directory, or a 3DGS .ply file (then --data is needed)")
@@ -48,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--path", choices=["orbit", "spiral"], default="orbit")
     render.add_argument("--frames", type=int, default=120)
     render.add_argument("--fps", type=int, default=30)
+
+    view = commands.add_parser("view", help="open a saved run in the viser viewer (until Ctrl-C)")
+    view.add_argument("run_dir", type=Path)
+    view.add_argument("--port", type=int, default=8080, help="port (the next free one if taken)")
+    view.add_argument("--host", default="127.0.0.1", help="interface (default loopback only; 0.0.0.0 exposes it to the network)")
 
     export = commands.add_parser("export", help="export a run's scene representation")
     export.add_argument("run_dir", type=Path)
@@ -105,8 +113,18 @@ def cmd_train(args: argparse.Namespace) -> None:
     method = method_cls(config, scene)
     info = {"method": method_cls.name, "preset": preset, "data": str(Path(data_path).resolve()), "data_options": data_options}
     print(f"run directory: {run_dir}")
-    result = Trainer(method, run_dir, info).run(resume=args.resume, quiet=args.quiet)
+    viewer = None
+    if args.viewer:
+        from viewer import Viewer
+
+        viewer = Viewer(method, host=args.viewer_host, port=args.viewer_port, training=True)
+        print(f"viewer: {viewer.url}", flush=True)
+    result = Trainer(method, run_dir, info).run(resume=args.resume, quiet=args.quiet, viewer=viewer)
     print("final validation: " + ", ".join(f"{k} {v}" for k, v in result.items()))
+    if viewer is not None:
+        viewer.complete()
+        print(f"training done; the viewer stays at {viewer.url} until Ctrl-C", flush=True)
+        viewer.serve_forever()
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -139,6 +157,16 @@ def cmd_render(args: argparse.Namespace) -> None:
     print(f"wrote {args.frames} frames and {video}")
 
 
+def cmd_view(args: argparse.Namespace) -> None:
+    from recon.runs import open_run
+    from viewer import Viewer
+
+    method, info = open_run(args.run_dir)
+    viewer = Viewer(method, host=args.host, port=args.port, training=False, step=info["step"])
+    print(f"viewer: {viewer.url} ({info['method']} step {info['step']}; Ctrl-C to quit)", flush=True)
+    viewer.serve_forever()
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from recon.runs import open_run
 
@@ -157,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    handlers = {"data": cmd_data_synth, "train": cmd_train, "eval": cmd_eval, "render": cmd_render, "export": cmd_export}
+    handlers = {"data": cmd_data_synth, "train": cmd_train, "eval": cmd_eval, "render": cmd_render, "view": cmd_view, "export": cmd_export}
     try:
         handlers[args.command](args)
     except (DataError, CheckpointError, ValueError, FileNotFoundError) as error:

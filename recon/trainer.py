@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -46,8 +47,9 @@ class Trainer:
         self.run_info = run_info  # method, preset, data, data_options: written to config.json
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
-    def run(self, *, resume: bool = False, quiet: bool = False) -> dict[str, float]:
-        """Train to config.max_steps; returns the last validation metrics."""
+    def run(self, *, resume: bool = False, quiet: bool = False, viewer=None) -> dict[str, float]:
+        """Train to config.max_steps; returns the last validation metrics. With a `viewer`
+        (viewer.Viewer) each step runs inside `viewer.training_step()` and reports `viewer.update(step, stats)`."""
         config = self.method.config
         start_step, train_time = 0, 0.0
         checkpoint = latest_checkpoint(self.run_dir) if resume else None
@@ -65,14 +67,16 @@ class Trainer:
         write_json(self.run_dir / "config.json", {**self.run_info, "config": asdict(config)})
 
         last_eval: dict[str, float] = {}
+        step_context = viewer.training_step if viewer is not None else nullcontext
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[stats]}"), TimeRemainingColumn()]
         with Progress(*columns, disable=quiet) as progress:
             task = progress.add_task(self.method.name, total=config.max_steps, completed=start_step, stats="")
             for step in range(start_step, config.max_steps):
                 self.method.train()
-                tic = time.perf_counter()
-                stats = self.method.train_step(step)
-                elapsed = time.perf_counter() - tic
+                with step_context():  # a viewer's pause and model lock (only train_step changes the model)
+                    tic = time.perf_counter()
+                    stats = self.method.train_step(step)
+                    elapsed = time.perf_counter() - tic
                 train_time += elapsed
                 done = step + 1
                 speed = {"rays_per_s": stats["rays"] / max(elapsed, 1e-9)} if "rays" in stats else {"steps_per_s": 1 / max(elapsed, 1e-9)}
@@ -84,6 +88,8 @@ class Trainer:
                     last_eval = self.validate(done, train_time)
                 if done % config.checkpoint_every == 0 or done == config.max_steps:
                     self.save(done, train_time)
+                if viewer is not None:
+                    viewer.update(done, {**stats, **speed})
         self.plot_curves()
         return last_eval
 

@@ -2,6 +2,7 @@
 camera, loopback-only binding, port fallback, pause, and render errors that never stop training."""
 import logging
 import math
+import os
 import shutil
 import signal
 import socket
@@ -92,9 +93,24 @@ def test_render_modes_make_images():
         to_image(outputs, "Normals")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (apt-get install chromium); .ci/run installs it")
-def test_browser_shows_the_render_and_follows_the_camera(saved_viewer):
-    playwright = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (pip install playwright)")
+@pytest.fixture
+def browser():
+    """Headless Debian chromium driven by playwright, or a skip naming what is missing (a failure in
+    CI, which installs both)."""
+    missing = None if CHROMIUM else "Debian's chromium package (apt-get install chromium)"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing = "the playwright package (pip install playwright)"
+    if missing:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"needs {missing}; .ci/run installs it")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless=new", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"])
+        yield browser
+        browser.close()
+
+
+def test_browser_shows_the_render_and_follows_the_camera(browser, saved_viewer):
     viewer = saved_viewer
     viewer.show_cameras.value = False  # only the server-side render on the canvas
     region = (slice(150, 540), slice(0, 460))  # below the notifications, left of the control panel
@@ -116,26 +132,21 @@ def test_browser_shows_the_render_and_follows_the_camera(saved_viewer):
             time.sleep(0.5)
         raise AssertionError(f"the page never showed the expected render (last correlation {corr:.3f})")
 
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless=new", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"])
-        try:
-            page = browser.new_page(viewport={"width": 800, "height": 600})
-            page.goto(viewer.url)
-            deadline = time.monotonic() + 30
-            while not viewer.server.get_clients() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            (client,) = viewer.server.get_clients().values()
-            first = wait_for_match(page, client)
-            assert first.std() > 10  # rendered objects, not an empty canvas
-            page.mouse.move(400, 300)  # orbit by dragging, as a person would
-            page.mouse.down()
-            page.mouse.move(520, 330, steps=8)
-            page.mouse.up()
-            wait_for_match(page, client, differs_from=first)
-            viewer.render_mode.value = "Depth"
-            wait_for_match(page, client, differs_from=first)
-        finally:
-            browser.close()
+    page = browser.new_page(viewport={"width": 800, "height": 600})
+    page.goto(viewer.url)
+    deadline = time.monotonic() + 30
+    while not viewer.server.get_clients() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (client,) = viewer.server.get_clients().values()
+    first = wait_for_match(page, client)
+    assert first.std() > 10  # rendered objects, not an empty canvas
+    page.mouse.move(150, 400)  # orbit by dragging, as a person would
+    page.mouse.down()
+    page.mouse.move(300, 430, steps=8)
+    page.mouse.up()
+    wait_for_match(page, client, differs_from=first)
+    viewer.render_mode.value = "Depth"
+    wait_for_match(page, client, differs_from=first)
 
 
 def test_default_bind_is_loopback_only(saved_viewer):

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 SETTLE_S = 0.2  # a camera still for this long gets a full-resolution frame
 TICK_S = 0.05  # the render thread looks for work at least this often
 STATS_EVERY_S = 0.5  # refresh of the statistics panel
+REFRESH_MIN_S = 2.0  # while training, a still view is re-rendered at most this often
 POINTS_EVERY_S = 10.0  # refresh of the Gaussian centres while training
 MAX_POINTS = 100_000  # point cloud size cap (every k-th point beyond it)
 SH_C0 = 0.28209479177387814  # Gaussian colour = SH_C0 · sh0 + 0.5
@@ -196,7 +197,7 @@ class Viewer:
 
     def _refresh_due(self, view: _ClientView, now: float) -> bool:
         """While training, re-render a still view only often enough to use `render_share` of the time."""
-        return now - view.render_end >= max(1.0, view.render_s * (1 - self.render_share) / self.render_share)
+        return now - view.render_end >= max(REFRESH_MIN_S, view.render_s * (1 - self.render_share) / self.render_share)
 
     def _on_connect(self, client: viser.ClientHandle) -> None:
         view = _ClientView(client)

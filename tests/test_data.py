@@ -321,7 +321,7 @@ LLFF_BREAKS = {
     "size differs": (_write("images/004.png", np.zeros((8, 8, 3), np.uint8)), "004.png: expected a 48x36 image"),
     "no images": (_remove("images"), "images: directory not found"),
     "bad objects": (_write("recon_gt/objects.json", "[{}]"), "objects.json: object 0: missing key"),
-    "bad points": (_write("recon_gt/points.ply", "ply"), "points.ply: expected a non-empty point cloud"),
+    "bad points": (_write("recon_gt/points.ply", "ply"), "points.ply: not a PLY file"),
 }
 
 

@@ -49,6 +49,7 @@ def evaluate(method: Method, out_dir: Path, split: str = "test", max_views: int 
             "render_seconds": seconds,
         })
     mean = {key: _mean([r[key] for r in rows]) for key in ("psnr", "ssim", "lpips", "render_seconds")}
+    mean["fps"] = 1.0 / max(mean["render_seconds"], 1e-9)  # frames per second over the split
     results = {"split": split, "num_views": len(rows), "mean": mean, "views": rows}
     write_json(out_dir / "results.json", results)
     write_text(out_dir / "results.md", _markdown(results))

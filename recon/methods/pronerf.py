@@ -22,8 +22,10 @@ Deliberate differences from the official code: α is clamped to [0, 1]; the last
 (its per-point Plücker inputs are identical along a ray, so it would otherwise only know where the
 samples are through their colours); the samplers start with depths spread evenly over
 [near, far] and m ≈ 1; sampler outputs are clamped to ±raw_clamp in every stage (the official
-code clamps in stage 1); a non-finite loss or gradient skips the update instead of stopping at a
-breakpoint; Blender scenes use the Plücker input too (the official scripts feed 49 raw points).
+code clamps in stage 1); stage 2 continues with the stage-1 joint Adam (its moments kept) instead of a
+fresh one, whose first uniform-size steps at the stage-2 learning rate could collapse the
+samplers on short CPU schedules; a non-finite loss or gradient skips the update instead of
+stopping at a breakpoint; Blender scenes use the Plücker input too (the official scripts feed 49 raw points).
 """
 from __future__ import annotations
 
@@ -82,9 +84,9 @@ PRESETS = {
         hidden_dim=128,
         num_layers=4,
         rays_per_batch=1024,
-        lr_stage1=2e-3,
+        lr_stage1=1e-3,
         lr_stage1_decay_steps=4000,
-        lr_stage2=1e-3,
+        lr_stage2=6e-4,
         lr_stage2_decay_steps=2000,
         eval_every=500,
         checkpoint_every=500,
@@ -195,8 +197,7 @@ class Pronerf(Method):
         self.to(device)
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.explore_optimizer = torch.optim.Adam(self.field.parameters(), lr=config.lr_stage1)  # stage 1, odd steps
-        self.exploit_optimizer = torch.optim.Adam(self.parameters(), lr=config.lr_stage1)  # stage 1, even steps
-        self.joint_optimizer = torch.optim.Adam(self.parameters(), lr=config.lr_stage2)  # stage 2
+        self.joint_optimizer = torch.optim.Adam(self.parameters(), lr=config.lr_stage1)  # stage 1 even steps, stage 2
 
     # ---- sampling ----------------------------------------------------------------------------
     def propose(self, rays: Rays, ray_K: torch.Tensor, views: torch.Tensor, width: int, height: int) -> Proposal:
@@ -322,7 +323,7 @@ class Pronerf(Method):
 
     def train_step(self, step: int) -> dict[str, float]:
         mode = self.stage(step)
-        optimizer = {"explore": self.explore_optimizer, "exploit": self.exploit_optimizer, "joint": self.joint_optimizer}[mode]
+        optimizer = self.explore_optimizer if mode == "explore" else self.joint_optimizer
         for group in optimizer.param_groups:
             group["lr"] = self.learning_rate(step)
         rays, target, cam = self.sample_training_rays()
@@ -346,13 +347,11 @@ class Pronerf(Method):
     def training_state(self) -> dict:
         return {
             "explore_optimizer": self.explore_optimizer.state_dict(),
-            "exploit_optimizer": self.exploit_optimizer.state_dict(),
             "joint_optimizer": self.joint_optimizer.state_dict(),
             "generator": self.generator.get_state(),
         }
 
     def load_training_state(self, state: dict) -> None:
         self.explore_optimizer.load_state_dict(state["explore_optimizer"])
-        self.exploit_optimizer.load_state_dict(state["exploit_optimizer"])
         self.joint_optimizer.load_state_dict(state["joint_optimizer"])
         self.generator.set_state(state["generator"])

@@ -8,7 +8,7 @@ split is evaluated (8-bit PSNR/SSIM as `recon eval`) and rendering is timed per 
 
 Prints a Markdown table: test PSNR/SSIM, median render seconds per image and the speed-up over
 NeRF, shaded samples per ray, parameters, median training seconds per step.
-Usage: python bench/pronerf_vs_nerf.py [--threads 2] [--res 64] [--steps 600] [--rays 256]
+Usage: python bench/pronerf_vs_nerf.py [--threads 2] [--res 64] [--steps 300] [--rays 128]
 """
 from __future__ import annotations
 
@@ -91,11 +91,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--res", type=int, default=64, help="image width in pixels (LLFF height is 3/4 of it)")
-    parser.add_argument("--steps", type=int, default=600, help="training steps for every model")
-    parser.add_argument("--rays", type=int, default=256, help="rays per training step for every model")
+    parser.add_argument("--steps", type=int, default=300, help="training steps for every model")
+    parser.add_argument("--rays", type=int, default=128, help="rays per training step for every model")
     parser.add_argument("--formats", default="llff,blender", help="comma-separated scene formats")
-    parser.add_argument("--test-views", type=int, default=3, help="test views evaluated per scene")
-    parser.add_argument("--render-repeats", type=int, default=3, help="extra timed renders of the first test view, plus one per test view")
+    parser.add_argument("--test-views", type=int, default=2, help="test views evaluated per scene")
+    parser.add_argument("--render-repeats", type=int, default=2, help="timed renders of the first test view (each other test view once)")
     parser.add_argument("--models", default="NeRF,ProNeRF-8,ProNeRF-12")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -15,6 +15,7 @@ import torch
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recon", description="3D reconstruction and neural rendering toolkit")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default=None, help="torch device to train/render on, e.g. cpu, cuda, cuda:1 (default: cuda when present, else cpu)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     data_cmd = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
@@ -108,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     scene = data.load(data_path, **data_options)
     run_dir = args.out or default_run_dir(method_cls.name, scene.name)
     torch.manual_seed(config.seed)
-    method = method_cls(config, scene)
+    method = method_cls(config, scene, device=args.device)
     info = {"method": method_cls.name, "preset": preset, "data": str(Path(data_path).resolve()), "data_options": data_options}
     print(f"run directory: {run_dir}")
     result = Trainer(method, run_dir, info).run(resume=args.resume, quiet=args.quiet)
@@ -125,9 +126,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
         if args.data is None:
             raise ValueError(f"--data DIR is required to evaluate {args.run_dir}")
-        method, label, out_dir = Splat.from_ply(args.run_dir, data.load(args.data)), str(args.run_dir), args.run_dir.with_suffix("") / "eval"
+        method, label, out_dir = Splat.from_ply(args.run_dir, data.load(args.data), args.device), str(args.run_dir), args.run_dir.with_suffix("") / "eval"
     else:
-        method, info = open_run(args.run_dir)
+        method, info = open_run(args.run_dir, args.device)
         label, out_dir = f"{info['method']} step {info['step']}", args.run_dir / "eval"
     results = evaluate(method, out_dir, args.split, args.max_views)
     mean = results["mean"]
@@ -140,7 +141,7 @@ def cmd_render(args: argparse.Namespace) -> None:
     from recon.evaluate import render_path
     from recon.runs import open_run
 
-    method, _ = open_run(args.run_dir)
+    method, _ = open_run(args.run_dir, args.device)
     video = render_path(method, args.run_dir / "render", args.path, args.frames, args.fps)
     print(f"wrote {args.frames} frames and {video}")
 
@@ -148,7 +149,7 @@ def cmd_render(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from recon.runs import open_run
 
-    method, info = open_run(args.run_dir)
+    method, info = open_run(args.run_dir, args.device)
     if not hasattr(method, "export_ply"):
         raise ValueError(f"{args.run_dir}: method {info['method']!r} has no .ply export (Gaussian methods do)")
     out = args.out or args.run_dir / "export" / "point_cloud.ply"
@@ -163,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device is not None:
+        try:
+            torch.empty(0, device=args.device)
+        except (RuntimeError, AssertionError) as error:
+            print(f"recon: error: --device {args.device}: {str(error).splitlines()[0]}", file=sys.stderr)
+            return 2
     handlers = {"data": cmd_data_synth, "train": cmd_train, "eval": cmd_eval, "render": cmd_render, "export": cmd_export}
     try:
         handlers[args.command](args)

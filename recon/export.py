@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data import DataError
+from data.ply import read_vertices
 from recon.io import atomic_write
-
-_TYPES = {"float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8", "uchar": "u1", "uint8": "u1", "int": "<i4", "int32": "<i4", "uint": "<u4", "short": "<i2", "ushort": "<u2", "char": "i1"}
-
 
 def write_ply(path: Path, params: dict[str, torch.Tensor]) -> None:
     """Write Gaussians given as raw parameters: means [N,3], scales [N,3] (log), quats [N,4],
@@ -42,42 +41,18 @@ def write_ply(path: Path, params: dict[str, torch.Tensor]) -> None:
 
 def read_ply(path: Path) -> dict[str, torch.Tensor]:
     """Read a 3DGS .ply into raw parameters (the inverse of write_ply); one clear error if it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such .ply file")
-    raw = path.read_bytes()
-    end = raw.find(b"end_header\n")
-    if not raw.startswith(b"ply\n") or end < 0:
-        raise ValueError(f"{path}: not a PLY file (no 'ply' ... 'end_header' header)")
-    lines = raw[:end].decode("ascii", errors="replace").splitlines()
-    if "format binary_little_endian 1.0" not in lines:
-        raise ValueError(f"{path}: only binary_little_endian PLY files are supported")
-    count, fields, in_vertex = 0, [], False
-    for line in lines:
-        words = line.split()
-        if words[:1] == ["element"]:
-            in_vertex = words[1] == "vertex"
-            count = int(words[2]) if in_vertex else count
-        elif words[:1] == ["property"] and in_vertex:
-            if words[1] == "list" or words[1] not in _TYPES:
-                raise ValueError(f"{path}: unsupported vertex property {' '.join(words[1:])!r}")
-            fields.append((words[2], _TYPES[words[1]]))
-    names = {name for name, _ in fields}
+    table = read_vertices(path)
+    count, names = len(table), set(table.dtype.names or ())
     required = {"x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"}
     if missing := sorted(required - names):
-        raise ValueError(f"{path}: not a 3D Gaussian splatting .ply (missing properties {', '.join(missing)})")
-    dtype = np.dtype(fields)
-    body = raw[end + len(b"end_header\n"):]
-    if len(body) < count * dtype.itemsize:
-        raise ValueError(f"{path}: truncated ({len(body)} bytes of vertex data, expected {count * dtype.itemsize})")
-    table = np.frombuffer(body, dtype=dtype, count=count)
+        raise DataError(f"{path}: not a 3D Gaussian splatting .ply (missing properties {', '.join(missing)})")
 
     def stack(columns: list[str]) -> torch.Tensor:
         return torch.from_numpy(np.stack([table[c].astype(np.float32) for c in columns], -1))
 
     rest_names = sorted((n for n in names if n.startswith("f_rest_")), key=lambda n: int(n[7:]))
     if len(rest_names) % 3 or int(round(math.sqrt(len(rest_names) // 3 + 1))) ** 2 != len(rest_names) // 3 + 1:
-        raise ValueError(f"{path}: {len(rest_names)} f_rest properties is not 3·((degree+1)²−1)")
+        raise DataError(f"{path}: {len(rest_names)} f_rest properties is not 3·((degree+1)²−1)")
     rest = stack(rest_names) if rest_names else torch.zeros(count, 0)
     return {
         "means": stack(["x", "y", "z"]),

@@ -6,6 +6,8 @@ import time
 from dataclasses import fields, replace
 from pathlib import Path
 
+import torch
+
 import data
 from recon.io import CheckpointError
 from recon.methods import find_method
@@ -38,8 +40,9 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, str]) -> TrainConf
     return replace(config, **parsed)
 
 
-def open_run(run_dir: Path) -> tuple[Method, dict]:
-    """Rebuild the method of a finished (or running) run from its config and latest checkpoint."""
+def open_run(run_dir: Path, device: torch.device | str | None = None) -> tuple[Method, dict]:
+    """Rebuild the method of a finished (or running) run from its config and latest checkpoint
+    (on `device`; default CUDA when present)."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.is_file():
@@ -53,7 +56,7 @@ def open_run(run_dir: Path) -> tuple[Method, dict]:
     if checkpoint is None:
         raise CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint in this run")
     scene = data.load(info["data"], **info.get("data_options", {}))
-    method = method_cls(config_from_dict(method_cls.Config, info["config"]), scene)
+    method = method_cls(config_from_dict(method_cls.Config, info["config"]), scene, device=device)
     state = restore(method, checkpoint, training=False)
     method.eval()
     return method, {**info, "step": state["step"], "checkpoint": str(checkpoint)}

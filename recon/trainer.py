@@ -96,7 +96,7 @@ class Trainer:
         if not views:
             return {}
         self.method.eval()
-        values = [float(psnr(self.method.render_view(scene.K[i], scene.c2w[i], scene.width, scene.height)["rgb"], scene.images[i])) for i in views]
+        values = [float(psnr(self.method.render_view(scene.K[i], scene.c2w[i], scene.width, scene.height)["rgb"].cpu(), scene.images[i])) for i in views]
         result = {"step": step, "train_time": round(train_time, 3), f"{split}_psnr": round(sum(values) / len(values), 4)}
         self._log(result)
         return result

@@ -83,6 +83,7 @@ def test_bad_input_gives_one_clear_line(trained_run, tmp_path, capsys):
     assert "turbo" in error_of(capsys, "train", "nerf", "--data", scene, "--preset", "turbo")
     assert "unknown method" in error_of(capsys, "train", "nosuch", "--data", scene)
     assert "config.json" in error_of(capsys, "eval", tmp_path)
+    assert "--device warp9" in error_of(capsys, "--device", "warp9", "eval", run)
     broken = tmp_path / "broken"
     shutil.copytree(run, broken)
     (broken / "checkpoints" / "step_0000120.pt").write_bytes(b"not a checkpoint")

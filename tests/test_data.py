@@ -154,6 +154,39 @@ def test_llff_reads_prescaled_folder(llff_dir, tmp_path):
     assert scene.depths.shape[1:] == (5, 7)
 
 
+def _write_colmap_points(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
+    """points3D.bin or .txt as COLMAP writes them, with tracks of varying length."""
+    rgb = np.round(rgb * 255).astype(np.uint8)
+    if path.suffix == ".txt":
+        lines = ["# 3D point list with one line of data per point:", "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)"]
+        lines += [f"{i + 1} {x} {y} {z} {r} {g} {b} 0.5 1 {i} 2 {i}" for i, ((x, y, z), (r, g, b)) in enumerate(zip(xyz.tolist(), rgb.tolist()))]
+        path.write_text("\n".join(lines) + "\n")
+        return
+    chunks = [np.array([len(xyz)], "<u8").tobytes()]
+    for i in range(len(xyz)):
+        track = np.arange(2 * (i % 3), dtype="<i4")  # i % 3 observations
+        chunks += [np.array([i + 1], "<u8").tobytes(), xyz[i].astype("<f8").tobytes(), rgb[i].tobytes(), np.array([0.5], "<f8").tobytes(), np.array([i % 3], "<u8").tobytes(), track.tobytes()]
+    path.write_bytes(b"".join(chunks))
+
+
+@pytest.mark.parametrize("name", ["points3D.bin", "points3D.txt"])
+def test_llff_points_from_colmap_model(llff_dir, tmp_path, name):
+    """Without ground truth, an LLFF scene takes its points from sparse/0 and moves them like its poses."""
+    from data.formats.common import read_points
+
+    root = shutil.copytree(llff_dir, tmp_path / "scene")
+    xyz, rgb = read_points(root / "recon_gt" / "points.ply")  # raw world frame, as COLMAP's would be
+    shutil.rmtree(root / "recon_gt")
+    (root / "sparse" / "0").mkdir(parents=True)
+    _write_colmap_points(root / "sparse" / "0" / name, xyz[:500], rgb[:500])
+    scene, reference = load(root), load(llff_dir)
+    torch.testing.assert_close(scene.points, reference.points[:500], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scene.point_colors, reference.point_colors[:500], atol=1e-6, rtol=0)
+    (root / "sparse" / "0" / name).write_bytes(b"\x05\x00")
+    with pytest.raises(DataError, match=f"{name}: not a valid COLMAP points3D file"):
+        load(root)
+
+
 def test_llff_spherify(llff_dir):
     scene = load(llff_dir, spherify=True)
     assert not scene.ndc and scene.render_poses.shape == (120, 4, 4)
@@ -321,7 +354,7 @@ LLFF_BREAKS = {
     "size differs": (_write("images/004.png", np.zeros((8, 8, 3), np.uint8)), "004.png: expected a 48x36 image"),
     "no images": (_remove("images"), "images: directory not found"),
     "bad objects": (_write("recon_gt/objects.json", "[{}]"), "objects.json: object 0: missing key"),
-    "bad points": (_write("recon_gt/points.ply", "ply"), "points.ply: expected a non-empty point cloud"),
+    "bad points": (_write("recon_gt/points.ply", "ply"), "points.ply: not a PLY file"),
 }
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data.ply import read_vertices
 from data.scene import BoxAnnotation, DataError
 
 GT_DIR = "recon_gt"  # ground truth folder inside a scene: depth/, instance/, objects.json, points.ply
@@ -297,13 +298,14 @@ def read_instance(path: Path) -> np.ndarray:
 
 
 def read_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """([P, 3] float64 points, [P, 3] float64 colours) from a coloured PLY point cloud."""
-    import open3d as o3d  # slow to import; only scenes with ground truth need it
-
-    pcd = o3d.io.read_point_cloud(str(require_file(path, "ground-truth point cloud")))
-    if not pcd.has_points() or not pcd.has_colors():
-        raise DataError(f"{path}: expected a non-empty point cloud with colours")
-    return np.asarray(pcd.points), np.asarray(pcd.colors)
+    """([P, 3] float64 points, [P, 3] float64 colours in [0, 1]) from a coloured PLY point cloud."""
+    table = read_vertices(require_file(path, "ground-truth point cloud"))
+    names = set(table.dtype.names or ())
+    if len(table) == 0 or not {"x", "y", "z", "red", "green", "blue"} <= names:
+        raise DataError(f"{path}: expected a non-empty point cloud with x y z red green blue properties")
+    points = np.stack([table[a] for a in "xyz"], -1).astype(np.float64)
+    colors = np.stack([table[c] for c in ("red", "green", "blue")], -1).astype(np.float64)
+    return points, colors / 255.0 if table["red"].dtype == np.uint8 else colors
 
 
 def _vec3(value: Any, source: str, key: str) -> np.ndarray:

@@ -5,7 +5,8 @@ Steps (as bmild `load_llff.py`): read images (from `images_{downscale}` when pre
 [right, up, back]; scale translations and bounds by s = 1 / (0.75·min(bounds)); recenter on the
 average pose; optionally spherify; build the render path (spiral, or circle when spherified);
 hold out every `llffhold`-th view; convert to OpenCV. The world-space steps together form one
-similarity transform, which is also applied to the `recon_gt/` ground truth.
+similarity transform, which is also applied to the `recon_gt/` ground truth and to the points of
+a COLMAP model in `sparse/0/` (used when there are no ground-truth points).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from data.formats.common import (
     similarity_scale,
     to_homogeneous,
 )
+from data.formats.colmap import find_points3d, read_points3d
 from data.scene import DataError, Scene
 
 BD_FACTOR = 0.75
@@ -91,6 +93,11 @@ def load_llff(
 
     test = np.arange(0, n, llffhold) if llffhold > 0 else np.zeros(0, np.int64)
     c2w_cv = opengl_to_opencv(c2w)  # [N, 4, 4]
+    ground_truth = load_ground_truth(root, [p.stem for p in paths], (h, w), transform)
+    if "points" not in ground_truth and (colmap := find_points3d(root)) is not None:
+        points, colors = read_points3d(colmap)
+        ground_truth["points"] = torch.from_numpy(points @ transform[:3, :3].T + transform[:3, 3]).float()  # [P, 3]
+        ground_truth["point_colors"] = torch.from_numpy(colors).float()  # [P, 3]
     return Scene(
         name=root.name,
         root=root,
@@ -110,7 +117,7 @@ def load_llff(
         image_paths=paths,
         masks=torch.from_numpy(masks),
         render_poses=torch.from_numpy(opengl_to_opencv(render_poses)).float(),
-        **load_ground_truth(root, [p.stem for p in paths], (h, w), transform),
+        **ground_truth,
     )
 
 

@@ -28,20 +28,30 @@ def config_from_dict(cls: type, values: dict) -> TrainConfig:
     return cls(**kwargs)
 
 
+def default_device() -> torch.device:
+    """CUDA when present (gsplat, nerfacc and tiny-cuda-nn paths), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 class Method(nn.Module):
-    """A trainable scene representation. Subclasses set `name`, `Config` and `presets`."""
+    """A trainable scene representation. Subclasses set `name`, `Config` and `presets`.
+
+    Everything trainable lives on `self.device`; subclasses build their modules, call
+    `self.to(self.device)` and then make their optimisers. The Scene itself stays on the CPU.
+    """
 
     name: str
     Config: type[TrainConfig]
     presets: dict[str, TrainConfig]
 
-    def __init__(self, config: TrainConfig, scene: Scene) -> None:
+    def __init__(self, config: TrainConfig, scene: Scene, device: torch.device | str | None = None) -> None:
         super().__init__()
         self.config = config
         self.scene = scene
+        self.device = torch.device(device) if device is not None else default_device()
         train = scene.split("train")
-        self.train_images = scene.images[train]  # [T, H, W, 3]
-        self.train_K, self.train_c2w = scene.K[train], scene.c2w[train]  # [T, 3, 3], [T, 4, 4]
+        self.train_images = scene.images[train].to(self.device)  # [T, H, W, 3]
+        self.train_K, self.train_c2w = scene.K[train].to(self.device), scene.c2w[train].to(self.device)  # [T, 3, 3], [T, 4, 4]
 
     def train_step(self, step: int) -> dict[str, float]:
         """One optimisation step; returns at least "loss", "psnr" and "rays" (or "gaussians")."""
@@ -49,7 +59,7 @@ class Method(nn.Module):
 
     @torch.no_grad()
     def render_view(self, K: torch.Tensor, c2w: torch.Tensor, width: int, height: int) -> dict[str, torch.Tensor]:
-        """Render one camera: "rgb" [H, W, 3], "depth" [H, W], "opacity" [H, W]."""
+        """Render one camera (K, c2w on any device): "rgb" [H, W, 3], "depth" [H, W], "opacity" [H, W], on self.device."""
         raise NotImplementedError
 
     def training_state(self) -> dict:

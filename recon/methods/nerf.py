@@ -72,8 +72,8 @@ class Nerf(Method):
     Config = NerfConfig
     presets = PRESETS
 
-    def __init__(self, config: NerfConfig, scene: Scene) -> None:
-        super().__init__(config, scene)
+    def __init__(self, config: NerfConfig, scene: Scene, device: torch.device | str | None = None) -> None:
+        super().__init__(config, scene, device)
         self.fine = self._make_field()
         self.coarse = self._make_field() if config.num_fine > 0 else None
         self.coarse_sampler = StratifiedSampler(config.num_coarse, config.spacing)
@@ -85,7 +85,8 @@ class Nerf(Method):
             step = (scene.far - scene.near) / config.num_coarse
             self.grid = OccupancyGrid(self._aabb(), config.grid_resolution, step_size=step, decay=config.grid_decay)
         self.register_buffer("background", torch.tensor(scene.background, dtype=torch.float32))
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator(self.device).manual_seed(config.seed)
+        self.to(self.device)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=config.lr, eps=1e-15 if config.field == "hashgrid" else 1e-8)
         gamma = (config.lr_final / config.lr) ** (1.0 / max(config.max_steps, 1))
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma)
@@ -131,12 +132,12 @@ class Nerf(Method):
         positions = samples.positions(rays)  # [R, S, 3]
         keep = self.grid.query(positions)  # [R, S]
         with torch.no_grad():
-            sigmas = torch.zeros(num_rays, num_samples).masked_scatter(keep, self.fine.density(positions[keep]))
+            sigmas = torch.zeros(num_rays, num_samples, device=positions.device).masked_scatter(keep, self.fine.density(positions[keep]))
             keep &= visible_samples(samples.starts, samples.ends, sigmas)
         viewdirs = rays.viewdirs[:, None, :].expand(-1, num_samples, -1)
         sigma, rgb = self.fine(positions[keep], viewdirs[keep])  # [K], [K, 3]
-        sigmas = torch.zeros(num_rays, num_samples).masked_scatter(keep, sigma)
-        rgbs = torch.zeros(num_rays, num_samples, 3).masked_scatter(keep[..., None].expand(-1, -1, 3), rgb)
+        sigmas = torch.zeros_like(keep, dtype=sigma.dtype).masked_scatter(keep, sigma)
+        rgbs = torch.zeros(num_rays, num_samples, 3, device=rgb.device).masked_scatter(keep[..., None].expand(-1, -1, 3), rgb)
         weights = render_weights(samples.starts, samples.ends, sigmas)
         result = composite(weights, rgbs, samples.mids, self.background)
         result["samples_per_ray"] = keep.sum(-1).float()
@@ -144,6 +145,7 @@ class Nerf(Method):
 
     @torch.no_grad()
     def render_view(self, K: torch.Tensor, c2w: torch.Tensor, width: int, height: int) -> dict[str, torch.Tensor]:
+        K, c2w = K.to(self.device), c2w.to(self.device)
         rays = image_rays(K, c2w, width, height, self.scene.near, self.scene.far, ndc=self.scene.ndc)
         chunks = [self.render_rays(rays[i : i + self.config.render_chunk], perturb=False) for i in range(0, len(rays), self.config.render_chunk)]
         rgb = torch.cat([c["rgb"] for c in chunks]).view(height, width, 3)
@@ -156,9 +158,9 @@ class Nerf(Method):
         """A random batch of training rays and their target colours [R, 3]."""
         t, h, w, _ = self.train_images.shape
         n = self.config.rays_per_batch
-        cam = torch.randint(0, t, (n,), generator=self.generator)
-        u = torch.randint(0, w, (n,), generator=self.generator)
-        v = torch.randint(0, h, (n,), generator=self.generator)
+        cam = torch.randint(0, t, (n,), generator=self.generator, device=self.device)
+        u = torch.randint(0, w, (n,), generator=self.generator, device=self.device)
+        v = torch.randint(0, h, (n,), generator=self.generator, device=self.device)
         origins, directions = pixel_rays(self.train_K[cam], self.train_c2w[cam], u, v)
         ndc_K = self.train_K[cam] if self.scene.ndc else None
         rays = make_rays(origins, directions, self.scene.near, self.scene.far, ndc_K, w, h)

@@ -71,15 +71,16 @@ class Splat(Method):
     Config = SplatConfig
     presets = PRESETS
 
-    def __init__(self, config: SplatConfig, scene: Scene, gaussians: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(self, config: SplatConfig, scene: Scene, gaussians: dict[str, torch.Tensor] | None = None, device: torch.device | str | None = None) -> None:
         """`gaussians`: raw parameters to start from (as `read_ply` returns) instead of `config.init`."""
-        super().__init__(config, scene)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        super().__init__(config, scene, device)
+        self.generator = torch.Generator(self.device).manual_seed(config.seed)
         centres = self.train_c2w[:, :3, 3]
         self.scene_scale = float((centres - centres.mean(0)).norm(dim=-1).max()) * 1.1
         self.register_buffer("background", torch.tensor(scene.background, dtype=torch.float32))
         initial = self._initial_gaussians() if gaussians is None else {k: torch.nn.Parameter(v.float().contiguous()) for k, v in gaussians.items()}
         self.params = torch.nn.ParameterDict(initial)
+        self.to(self.device)
         self.strategy = DefaultStrategy(
             refine_start_iter=config.refine_start,
             refine_stop_iter=config.refine_stop,
@@ -94,19 +95,19 @@ class Splat(Method):
     def _initial_gaussians(self) -> dict[str, torch.nn.Parameter]:
         c, scene = self.config, self.scene
         if c.init == "points" and scene.points is not None:
-            means, colors = scene.points.float().clone(), scene.point_colors.float()  # never train the Scene in place
+            means, colors = scene.points.float().to(self.device, copy=True), scene.point_colors.float().to(self.device)  # never train the Scene in place
         elif c.init in ("points", "random"):
             low, high = scene.bounds.float()
-            means = low + (high - low) * torch.rand(c.init_num_random, 3, generator=self.generator)
-            colors = torch.rand(c.init_num_random, 3, generator=self.generator)
+            means = low.to(self.device) + (high - low).to(self.device) * torch.rand(c.init_num_random, 3, generator=self.generator, device=self.device)
+            colors = torch.rand(c.init_num_random, 3, generator=self.generator, device=self.device)
         else:
             raise ValueError(f"init must be 'points' or 'random', got {c.init!r}")
         n = means.shape[0]
         scales = torch.log(_mean_neighbour_distance(means).clamp_min(1e-7) * c.init_scale)[:, None].repeat(1, 3)
-        quats = F.normalize(torch.randn(n, 4, generator=self.generator), dim=-1)
-        opacities = torch.logit(torch.full((n,), c.init_opacity))
+        quats = F.normalize(torch.randn(n, 4, generator=self.generator, device=self.device), dim=-1)
+        opacities = torch.logit(torch.full((n,), c.init_opacity, device=self.device))
         sh0 = ((colors - 0.5) / SH_C0)[:, None, :]  # [N, 1, 3]
-        shN = torch.zeros(n, (c.sh_degree + 1) ** 2 - 1, 3)  # [N, K - 1, 3]
+        shN = torch.zeros(n, (c.sh_degree + 1) ** 2 - 1, 3, device=self.device)  # [N, K - 1, 3]
         tensors = {"means": means, "scales": scales, "quats": quats, "opacities": opacities, "sh0": sh0, "shN": shN}
         return {name: torch.nn.Parameter(t.contiguous()) for name, t in tensors.items()}
 
@@ -138,17 +139,18 @@ class Splat(Method):
 
     @torch.no_grad()
     def render_view(self, K: torch.Tensor, c2w: torch.Tensor, width: int, height: int) -> dict[str, torch.Tensor]:
+        K, c2w = K.to(self.device), c2w.to(self.device)
         rgb, depth, alpha, _ = self.rasterize(K[None], c2w[None], width, height, self.config.sh_degree, self.background)
         return {"rgb": rgb[0].clamp(0, 1), "depth": depth[0, ..., 0], "opacity": alpha[0, ..., 0]}
 
     def train_step(self, step: int) -> dict[str, float]:
-        view = int(torch.randint(0, self.train_images.shape[0], (1,), generator=self.generator))
+        view = int(torch.randint(0, self.train_images.shape[0], (1,), generator=self.generator, device=self.device))
         target = self.train_images[view]  # [H, W, 3]
         height, width = target.shape[:2]
-        background = torch.rand(3, generator=self.generator) if self.config.random_background else self.background
+        background = torch.rand(3, generator=self.generator, device=self.device) if self.config.random_background else self.background
         rgb, _, alpha, info = self.rasterize(self.train_K[view : view + 1], self.train_c2w[view : view + 1], width, height, self.sh_degree_at(step), background)
         if self.config.random_background and self.scene.masks is not None:  # re-composite the target
-            mask = self.scene.masks[self.scene.split("train")[view]][..., None]
+            mask = self.scene.masks[self.scene.split("train")[view]][..., None].to(self.device)
             target = (target - (1 - mask) * self.background) + (1 - mask) * background
         self.strategy.step_pre_backward(self.params, self.optimizers, self.strategy_state, step, info)
         l1 = (rgb[0] - target).abs().mean()
@@ -164,11 +166,11 @@ class Splat(Method):
         return {"loss": loss.item(), "psnr": -10.0 * math.log10(max(mse, 1e-10)), "gaussians": self.num_gaussians}
 
     @classmethod
-    def from_ply(cls, path, scene: Scene) -> "Splat":
+    def from_ply(cls, path, scene: Scene, device: torch.device | str | None = None) -> "Splat":
         """A model holding the Gaussians of a 3DGS .ply (ours or another trainer's), for rendering."""
         gaussians = read_ply(path)
         sh_degree = int(round(math.sqrt(gaussians["shN"].shape[1] + 1))) - 1
-        return cls(SplatConfig(sh_degree=sh_degree), scene, gaussians).eval()
+        return cls(SplatConfig(sh_degree=sh_degree), scene, gaussians, device).eval()
 
     def export_ply(self, path) -> None:
         write_ply(path, dict(self.params))
@@ -178,7 +180,7 @@ class Splat(Method):
         for name in list(self.params.keys()):
             key = f"params.{name}"
             if key in state_dict and state_dict[key].shape != self.params[name].shape:
-                self.params[name] = torch.nn.Parameter(torch.empty_like(state_dict[key]))
+                self.params[name] = torch.nn.Parameter(torch.empty_like(state_dict[key], device=self.device))
         self._make_optimizers()
         return super().load_state_dict(state_dict, strict)
 

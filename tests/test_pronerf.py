@@ -148,7 +148,7 @@ def test_pas_proposals_obey_their_invariants(fixture, request):
 def test_source_views_exclude_the_target_and_are_ordered_by_distance(tiny_blender):
     scene = data.load(tiny_blender)
     method = Pronerf(tiny_config(), scene)
-    cameras = torch.arange(len(method.train_c2w)).repeat(20)
+    cameras = torch.arange(len(method.train_c2w), device=method.device).repeat(20)
     views = method.random_source_views(cameras)
     centres = method.train_c2w[:, :3, 3]
     assert views.shape == (len(cameras), 4)

@@ -180,8 +180,8 @@ class Pronerf(Method):
     Config = ProNeRFConfig
     presets = PRESETS
 
-    def __init__(self, config: ProNeRFConfig, scene: Scene) -> None:
-        super().__init__(config, scene)
+    def __init__(self, config: ProNeRFConfig, scene: Scene, device: torch.device | str | None = None) -> None:
+        super().__init__(config, scene, device)
         num_train = self.train_images.shape[0]
         if config.num_samples < 2:
             raise ValueError(f"num_samples: expected at least 2 samples per ray, got {config.num_samples}")
@@ -192,10 +192,9 @@ class Pronerf(Method):
         self.sampler = PASSampler(config.num_samples, config.num_source_views, config.plucker_freqs, config.sampler_width, config.sampler_layers, config.raw_clamp)
         self.field = ShadingField(config.pos_freqs, config.dir_freqs, config.hidden_dim, config.num_layers)
         self.offset_scale = config.offset_ndc if scene.ndc else config.offset_world
-        device = self.train_images.device
-        self.register_buffer("background", torch.tensor(scene.background, dtype=torch.float32, device=device))
-        self.to(device)
-        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.register_buffer("background", torch.tensor(scene.background, dtype=torch.float32))
+        self.to(self.device)
+        self.generator = torch.Generator(self.device).manual_seed(config.seed)
         self.explore_optimizer = torch.optim.Adam(self.field.parameters(), lr=config.lr_stage1)  # stage 1, odd steps
         self.joint_optimizer = torch.optim.Adam(self.parameters(), lr=config.lr_stage1)  # stage 1 even steps, stage 2
 
@@ -284,7 +283,7 @@ class Pronerf(Method):
 
     @torch.no_grad()
     def render_view(self, K: torch.Tensor, c2w: torch.Tensor, width: int, height: int) -> dict[str, torch.Tensor]:
-        K, c2w = K.to(self.train_K), c2w.to(self.train_c2w)
+        K, c2w = K.to(self.device), c2w.to(self.device)
         rays = image_rays(K, c2w, width, height, self.scene.near, self.scene.far, ndc=self.scene.ndc)
         views = self.nearest_source_views(c2w)
         chunks = []
@@ -301,10 +300,10 @@ class Pronerf(Method):
     def sample_training_rays(self) -> tuple[Rays, torch.Tensor, torch.Tensor]:
         """A random batch of training rays, their target colours [R, 3] and cameras [R]."""
         t, h, w, _ = self.train_images.shape
-        n, device = self.config.rays_per_batch, self.train_images.device
-        cam = torch.randint(0, t, (n,), generator=self.generator, device=device)
-        u = torch.randint(0, w, (n,), generator=self.generator, device=device)
-        v = torch.randint(0, h, (n,), generator=self.generator, device=device)
+        n = self.config.rays_per_batch
+        cam = torch.randint(0, t, (n,), generator=self.generator, device=self.device)
+        u = torch.randint(0, w, (n,), generator=self.generator, device=self.device)
+        v = torch.randint(0, h, (n,), generator=self.generator, device=self.device)
         origins, directions = pixel_rays(self.train_K[cam], self.train_c2w[cam], u, v)
         rays = make_rays(origins, directions, self.scene.near, self.scene.far, self.train_K[cam] if self.scene.ndc else None, w, h)
         return rays, self.train_images[cam, v, u], cam

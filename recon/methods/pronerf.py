@@ -25,7 +25,9 @@ samples are through their colours); the samplers start with depths spread evenly
 code clamps in stage 1); stage 2 continues with the stage-1 joint Adam (its moments kept) instead of a
 fresh one, whose first uniform-size steps at the stage-2 learning rate could collapse the
 samplers on short CPU schedules; a non-finite loss or gradient skips the update instead of
-stopping at a breakpoint; Blender scenes use the Plücker input too (the official scripts feed 49 raw points).
+stopping at a breakpoint; Blender scenes use the Plücker input too (the official scripts feed 49 raw points)
+and no density noise by default (as nerf-pytorch's Blender configs: with 8–12 samples spaced
+~0.4 units apart, N(0, 1) noise on σ swamped the signal and stalled learning).
 """
 from __future__ import annotations
 
@@ -63,7 +65,8 @@ class ProNeRFConfig(TrainConfig):
     offset_world: float = 0.04  # s: the same in world units for near/far scenes (Blender)
     explore_max_samples: int = 64  # exploration: samples are replicated n ~ U{1..this/N} times
     jitter_scale: float = 0.2  # jitter: a sample moves min(|N(0,1)|·this, 0.99) of the gap to the next
-    density_noise: float = 1.0  # std of the noise on raw σ in exploration and stage-2 steps
+    density_noise_ndc: float = 1.0  # std of the noise on raw σ in exploration and stage-2 steps, NDC scenes
+    density_noise_world: float = 0.0  # the same for near/far scenes (nerf-pytorch: 1 for LLFF, 0 for Blender)
     raw_clamp: float = 10.0  # sampler raw outputs are clamped to ±this
     rays_per_batch: int = 4096  # rays per training step
     lr_stage1: float = 5e-4  # stage-1 initial Adam learning rate
@@ -192,6 +195,7 @@ class Pronerf(Method):
         self.sampler = PASSampler(config.num_samples, config.num_source_views, config.plucker_freqs, config.sampler_width, config.sampler_layers, config.raw_clamp)
         self.field = ShadingField(config.pos_freqs, config.dir_freqs, config.hidden_dim, config.num_layers)
         self.offset_scale = config.offset_ndc if scene.ndc else config.offset_world
+        self.density_noise = config.density_noise_ndc if scene.ndc else config.density_noise_world
         self.register_buffer("background", torch.tensor(scene.background, dtype=torch.float32))
         self.to(self.device)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
@@ -243,14 +247,14 @@ class Pronerf(Method):
                 t = densify_samples(proposal.depths, rays.near, rays.far, copies, self.generator)
                 t = jitter_samples(t, rays.far, self.generator, self.config.jitter_scale)
             points = rays.origins[:, None] + rays.directions[:, None] * t[..., None]  # [R, S, 3]
-            out = self._shade(rays, t, points, noise=self.config.density_noise)
+            out = self._shade(rays, t, points, noise=self.density_noise)
         else:
             proposal = self.propose(rays, ray_K, views, width, height)
             t = proposal.depths
             if mode == "joint":
                 t = jitter_samples(t, rays.far, self.generator, self.config.jitter_scale)
             points = rays.origins[:, None] + rays.directions[:, None] * t[..., None] + proposal.offsets
-            noise = self.config.density_noise if mode == "joint" else 0.0
+            noise = self.density_noise if mode == "joint" else 0.0
             out = self._shade(rays, t, points, noise, proposal.density_offset, proposal.multiplier)
         out.update(rgb_coarse=proposal.rgb_coarse, rgb_fine=proposal.rgb_fine, depths=t)
         return out

@@ -7,8 +7,8 @@ Per ray:
 2. the depths are lifted to world points and projected into V source views (random other
    training views while training, the nearest training cameras when rendering); bilinear
    colours, invalid projections replaced by the mean of the valid ones; no gradient;
-3. fine sampler (Plücker, the projected colours) → refined depth t' inside each sample's own
-   cell, a small 3D offset, a second auxiliary colour c_f;
+3. fine sampler (Plücker, the coarse depths, the projected colours) → refined depth t' inside
+   each sample's own cell, a small 3D offset, a second auxiliary colour c_f;
 4. the shading MLP at the N points x = o + t'·d + s·tanh(Δ), composited with
    α = clamp((1 − exp(−relu(σ + a)·δ))·relu(m), 0, 1).
 
@@ -17,17 +17,18 @@ two auxiliary colour losses) and exploration steps (odd; samplers frozen, their 
 and jittered, density noise, plain α, only the shading MLP learns); stage 2 trains all networks
 jointly with jittered samples and density noise, image loss only.
 
-Deliberate differences from the official code: α is clamped to [0, 1]; the last interval ends at
-`far` (t = 1 is infinity in NDC) instead of 1e10; the fine sampler also gets the coarse depths
-(its per-point Plücker inputs are identical along a ray, so it would otherwise only know where the
-samples are through their colours); the samplers start with depths spread evenly over
-[near, far] and m ≈ 1; sampler outputs are clamped to ±raw_clamp in every stage (the official
-code clamps in stage 1); stage 2 continues with the stage-1 joint Adam (its moments kept) instead of a
-fresh one, whose first uniform-size steps at the stage-2 learning rate could collapse the
-samplers on short CPU schedules; a non-finite loss or gradient skips the update instead of
-stopping at a breakpoint; Blender scenes use the Plücker input too (the official scripts feed 49 raw points)
-and no density noise by default (as nerf-pytorch's Blender configs: with 8–12 samples spaced
-~0.4 units apart, N(0, 1) noise on σ swamped the signal and stalled learning).
+Deliberate differences from the official code:
+- α is clamped to [0, 1]; the last interval ends at `far` (t = 1 is infinity in NDC), not 1e10.
+- The fine sampler also gets the coarse depths: its per-point Plücker inputs are identical along
+  a ray, so it would otherwise know where the samples are only through their colours.
+- The samplers start with depths spread evenly over [near, far] and m ≈ 1; their raw outputs are
+  clamped to ±raw_clamp in every stage (the official code clamps in stage 1).
+- Stage 2 continues with the stage-1 joint Adam (moments kept) instead of a fresh one, whose
+  first uniform-size steps collapsed the samplers on short CPU schedules.
+- A non-finite loss or gradient skips the update instead of stopping at a breakpoint.
+- Blender scenes use the Plücker input too (the official scripts feed 49 raw points) and no
+  density noise by default, as nerf-pytorch's Blender configs: with 8–12 samples ~0.4 units
+  apart, N(0, 1) noise on σ swamped the signal and stalled learning.
 """
 from __future__ import annotations
 
@@ -240,10 +241,12 @@ class Pronerf(Method):
         "joint" (stage 2: jittered refined samples with offsets, a/m and density noise).
         """
         assert mode in ("test", "exploit", "explore", "joint"), mode
+        assert ray_K.shape == (len(rays), 3, 3) and views.shape == (len(rays), self.config.num_source_views), f"ray_K {tuple(ray_K.shape)}, views {tuple(views.shape)} for {len(rays)} rays"
         if mode == "explore":
             with torch.no_grad():
                 proposal = self.propose(rays, ray_K, views, width, height)
-                copies = int(torch.randint(1, self.config.explore_max_samples // self.config.num_samples + 1, (1,), generator=self.generator, device=rays.origins.device))
+                most = max(1, self.config.explore_max_samples // self.config.num_samples)
+                copies = int(torch.randint(1, most + 1, (1,), generator=self.generator, device=rays.origins.device))  # n ~ U{1..64/N}
                 t = densify_samples(proposal.depths, rays.near, rays.far, copies, self.generator)
                 t = jitter_samples(t, rays.far, self.generator, self.config.jitter_scale)
             points = rays.origins[:, None] + rays.directions[:, None] * t[..., None]  # [R, S, 3]

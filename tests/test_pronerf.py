@@ -12,7 +12,7 @@ from recon.cli import main
 from recon.methods.pronerf import PRESETS, Pronerf
 from recon.metrics import psnr
 from recon.trainer import Trainer, latest_checkpoint, restore
-from renderers.cameras import make_rays, pixel_rays, to_ndc
+from renderers.cameras import pixel_rays, to_ndc
 from renderers.projection import fetch_colors, ndc_to_world, plucker, project_to_views
 from renderers.samplers import densify_samples, jitter_samples, sample_cells
 
@@ -27,7 +27,7 @@ def tiny_config(**changes):
 def mean_test_psnr(method: Pronerf) -> float:
     scene = method.scene
     method.eval()
-    values = [float(psnr(method.render_view(scene.K[i], scene.c2w[i], scene.width, scene.height)["rgb"], scene.images[i])) for i in scene.split("test")]
+    values = [float(psnr(method.render_view(scene.K[i], scene.c2w[i], scene.width, scene.height)["rgb"].cpu(), scene.images[i])) for i in scene.split("test")]
     return sum(values) / len(values)
 
 

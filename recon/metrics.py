@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 __all__ = ["psnr", "ssim", "lpips", "lpips_unavailable_reason", "LPIPS_WEIGHTS_ENV"]
 
@@ -32,13 +35,26 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -10.0 * torch.log10(mse)
 
 
-def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def ssim(pred: torch.Tensor, target: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Per-image SSIM, Gaussian window 11 / sigma 1.5, data range 1: [..., H, W, 3] -> [...].
 
     Same definition as torchmetrics' (reflect padding, mean over the full map; tested against
-    it), computed with a separable window so that it is cheap enough to be a training loss.
+    it), cheap enough to be a training loss. backend: "torch" (separable convolutions, any
+    device), "cpu" (the fused C++ kernel in recon/csrc/ssim.cpp; float32 CPU images, gradient for
+    `pred` only) or "auto" (cpu where it applies and builds, else torch).
     """
     _check_images(pred, target)
+    assert backend in ("auto", "cpu", "torch"), f"backend must be auto|cpu|torch, got {backend!r}"
+    fits_cpu = pred.device.type == "cpu" and pred.dtype == target.dtype == torch.float32 and not target.requires_grad
+    if backend == "cpu" or (backend == "auto" and fits_cpu and _ssim_kernel() is not None):
+        assert fits_cpu, "ssim backend 'cpu' needs float32 CPU images and no gradient for target"
+        x, y = (_to_nchw(img).reshape(-1, *img.shape[-3:-1]).contiguous() for img in (pred, target))  # [B·3, H, W]
+        per_plane = _SSIMCpu.apply(x, y)  # [B·3]
+        return per_plane.view(-1, 3).mean(-1).reshape(pred.shape[:-3])
+    return _ssim_torch(pred, target)
+
+
+def _ssim_torch(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     x, y = _to_nchw(pred), _to_nchw(target)  # [B, 3, H, W]
     b = x.shape[0]
     pad = _SSIM_WINDOW // 2
@@ -52,6 +68,32 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     c1, c2 = 0.01**2, 0.03**2
     ssim_map = (2 * mu_x * mu_y + c1) * (2 * cov + c2) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return ssim_map.mean(dim=(1, 2, 3)).reshape(pred.shape[:-3])
+
+
+@functools.cache
+def _ssim_kernel():
+    """The compiled SSIM extension, or None (after one warning) if it cannot be built."""
+    from renderers.cpp import BuildError, build
+
+    try:
+        return build("recon_ssim_cpu", Path(__file__).parent / "csrc" / "ssim.cpp")
+    except BuildError as e:
+        warnings.warn(f"cannot build the C++ SSIM kernel ({e}); using the torch implementation")
+        return None
+
+
+class _SSIMCpu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y):  # [P, H, W] planes -> [P] mean SSIM per plane
+        per_plane, partials = _ssim_kernel().forward(x, y)
+        ctx.save_for_backward(x, y, partials)
+        return per_plane
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # [P]
+        x, y, partials = ctx.saved_tensors
+        return _ssim_kernel().backward(x, y, partials, grad.float().contiguous()), None
 
 
 _SSIM_WINDOW, _SSIM_SIGMA = 11, 1.5

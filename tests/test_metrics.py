@@ -60,3 +60,30 @@ def test_ssim_gradient_matches_torchmetrics():
     reference = structural_similarity_index_measure(pred.permute(2, 0, 1)[None], target.double().permute(2, 0, 1)[None], data_range=1.0)
     (expected,) = torch.autograd.grad(reference, pred)
     torch.testing.assert_close(ours, expected)
+
+
+@pytest.mark.parametrize("shape", [(2, 37, 53, 3), (6, 7, 3), (64, 64, 3)])
+def test_ssim_cpu_kernel_matches_torch(shape):
+    """The fused C++ SSIM (values and gradient) against the separable-convolution reference."""
+    target = images(*shape, seed=6)
+    noisy = (target + 0.1 * torch.randn(shape, generator=torch.Generator().manual_seed(7))).clamp(0, 1)
+    weights = torch.rand(shape[:-3], generator=torch.Generator().manual_seed(8))
+    values, grads = {}, {}
+    for backend in ("cpu", "torch"):
+        pred = noisy.clone().requires_grad_()
+        values[backend] = ssim(pred, target, backend=backend)
+        (grads[backend],) = torch.autograd.grad((values[backend] * weights).sum(), pred)
+    torch.testing.assert_close(values["cpu"], values["torch"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grads["cpu"], grads["torch"], atol=1e-7, rtol=1e-4)
+    assert grads["cpu"].abs().max() > 0
+
+
+def test_ssim_auto_backend_falls_back_to_torch_when_the_kernel_cannot_apply():
+    target = images(16, 16, 3, seed=9)
+    pred = (target * 0.9).requires_grad_()
+    both = target.clone().requires_grad_()
+    (g_target,) = torch.autograd.grad(ssim(pred, both), both)  # target gradient: torch path only
+    assert g_target.abs().max() > 0
+    with pytest.raises(AssertionError, match="float32 CPU"):
+        ssim(pred.double(), target.double(), backend="cpu")
+    torch.testing.assert_close(ssim(pred.double(), target.double()).float(), ssim(pred, target), atol=1e-6, rtol=0)

@@ -5,9 +5,9 @@ takes depths and radii instead of precomputed tile intersections: binning happen
 `project_gaussians` and `spherical_harmonics` compute exactly what their `_torch_impl` namesakes do,
 fused per Gaussian; their gradients flow to means, quats, scales and SH coefficients/directions,
 never to viewmats or Ks, and culled (camera, Gaussian) pairs (radii 0) get none, as in gsplat.
-The two extensions (`csrc/rasterize.cpp`, `csrc/project.cpp`) are JIT-built on first use (~40 s
-each) and cached by torch under $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions). If either
-cannot be built, `available()` is False and `build_error()` says why in one line.
+The two extensions (`csrc/rasterize.cpp`, `csrc/project.cpp`) are JIT-built on first use and
+cached (`renderers.cpp`). If either cannot be built, `available()` is False and `build_error()`
+says why in one line.
 """
 from __future__ import annotations
 
@@ -19,17 +19,10 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from renderers.cpp import BuildError, build
+
 _CSRC = Path(__file__).parent / "csrc"
 _error: Optional[str] = None
-
-
-def _isa_flags() -> list:
-    """-mavx2 -mfma where this CPU has them (8-lane kernels), else none (4 lanes)."""
-    try:
-        cpu_flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return []
-    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= cpu_flags else []
 
 
 @functools.cache
@@ -37,25 +30,10 @@ def _extensions():
     """The loaded (rasterizer, projection) extension modules, or None (and `_error` set) if either
     cannot be built."""
     global _error
-    isa = _isa_flags()
-    suffix = "_avx2" if isa else ""  # one cache entry per instruction set, so a shared cache never mixes them
     try:
-        from torch.utils.cpp_extension import load
-
-        return tuple(
-            load(
-                name=name + suffix,
-                sources=[str(_CSRC / source)],
-                extra_cflags=["-O3", "-ffp-contract=off", "-fopenmp", *isa],
-                extra_ldflags=["-fopenmp"],
-                verbose=False,
-            )
-            for name, source in (("recon_splat_cpu", "rasterize.cpp"), ("recon_splat_project_cpu", "project.cpp"))
-        )
-    except Exception as e:  # missing compiler/ninja, build or load failure
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        detail = next((line for line in lines if "error" in line.lower()), lines[-1] if lines else type(e).__name__)
-        _error = f"cannot build the C++ CPU splatting kernels ({type(e).__name__}: {detail})"
+        return build("recon_splat_cpu", _CSRC / "rasterize.cpp"), build("recon_splat_project_cpu", _CSRC / "project.cpp")
+    except BuildError as e:
+        _error = f"cannot build the C++ CPU splatting kernels ({e})"
         return None
 
 

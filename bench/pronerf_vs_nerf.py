@@ -25,7 +25,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 import data  # noqa: E402
-from data.synth import generate  # noqa: E402
 from recon.evaluate import evaluate  # noqa: E402
 from recon.methods.base import Method  # noqa: E402
 from recon.methods.nerf import PRESETS as NERF_PRESETS  # noqa: E402
@@ -36,9 +35,9 @@ from recon.methods.pronerf import Pronerf  # noqa: E402
 QUIET = {"eval_every": 10**9, "checkpoint_every": 10**9, "log_every": 10**9, "seed": 0}
 
 
-def build(name: str, scene: data.Scene, steps: int, rays: int) -> Method:
+def build(name: str, scene: data.Scene, steps: int, rays: int, device: str) -> Method:
     if name == "NeRF":
-        return Nerf(replace(NERF_PRESETS["default"], **QUIET, max_steps=steps, rays_per_batch=rays), scene)
+        return Nerf(replace(NERF_PRESETS["default"], **QUIET, max_steps=steps, rays_per_batch=rays), scene, device)
     stage1 = steps // 2
     config = replace(
         PRONERF_PRESETS["default"],
@@ -50,7 +49,7 @@ def build(name: str, scene: data.Scene, steps: int, rays: int) -> Method:
         lr_stage2_decay_steps=max((steps - stage1) // 2, 1),  # card: ×0.1 every half of stage 2
         rays_per_batch=rays,
     )
-    return Pronerf(config, scene)
+    return Pronerf(config, scene, device)
 
 
 def samples_per_ray(method: Method) -> str:
@@ -62,12 +61,12 @@ def samples_per_ray(method: Method) -> str:
 
 def run(name: str, scene: data.Scene, args: argparse.Namespace, out_dir: Path) -> dict:
     torch.manual_seed(0)
-    method = build(name, scene, args.steps, args.rays)
+    method = build(name, scene, args.steps, args.rays, args.device)
     method.train()
     step_seconds = []
     for step in range(args.steps):
         tic = time.perf_counter()
-        method.train_step(step)
+        method.train_step(step)  # returns Python floats: the step has finished, also on CUDA
         step_seconds.append(time.perf_counter() - tic)
     method.eval()
     results = evaluate(method, out_dir / name, "test", args.test_views)
@@ -75,7 +74,7 @@ def run(name: str, scene: data.Scene, args: argparse.Namespace, out_dir: Path) -
     for _ in range(args.render_repeats - 1):  # more timings of the first test view
         view = int(scene.split("test")[0])
         tic = time.perf_counter()
-        method.render_view(scene.K[view], scene.c2w[view], scene.width, scene.height)
+        method.render_view(scene.K[view], scene.c2w[view], scene.width, scene.height)["rgb"].cpu()
         times.append(time.perf_counter() - tic)
     return {
         "psnr": results["mean"]["psnr"],
@@ -97,21 +96,31 @@ def main() -> None:
     parser.add_argument("--test-views", type=int, default=2, help="test views evaluated per scene")
     parser.add_argument("--render-repeats", type=int, default=2, help="timed renders of the first test view (each other test view once)")
     parser.add_argument("--models", default="NeRF,ProNeRF-8,ProNeRF-12")
+    parser.add_argument("--scenes", nargs="*", type=Path, default=None, help="existing scene directories to use instead of generating them (--formats, --res ignored)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for fmt in args.formats.split(","):
-            views = 20 if fmt == "llff" else 30
-            scene = data.load(generate(Path(tmp) / fmt, format=fmt, seed=0, views=views, res=args.res))
+        if args.scenes:
+            scenes = [data.load(path) for path in args.scenes]
+        else:
+            from data.synth import generate  # open3d: only when generating
+
+            scenes = [data.load(generate(Path(tmp) / fmt, format=fmt, seed=0, views=20 if fmt == "llff" else 30, res=args.res))
+                      for fmt in args.formats.split(",")]
+        for scene in scenes:
+            fmt = "llff" if scene.ndc else "blender"
             for name in args.models.split(","):
                 tic = time.perf_counter()
                 row = {"scene": fmt, "model": name, **run(name, scene, args, Path(tmp) / "eval" / fmt)}
                 rows.append(row)
-                print(f"  {fmt} {name}: {row['psnr']:.2f} dB in {time.perf_counter() - tic:.0f} s", flush=True)
+                print(f"  {fmt} {name}: {row['psnr']:.2f} dB, SSIM {row['ssim']:.3f}, render {row['render_s']:.4f} s/image, "
+                      f"{row['step_s']:.4f} s/step ({time.perf_counter() - tic:.0f} s)", flush=True)
 
-    print(f"\n{args.steps} steps x {args.rays} rays, {args.res}px wide, {args.threads} threads, "
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{args.threads} CPU threads"
+    print(f"\n{args.steps} steps x {args.rays} rays, {scenes[-1].width}px wide, {where}, "
           f"median render time over {args.test_views} test views + {args.render_repeats - 1} repeats\n")
     print("| scene | model | samples/ray | params | test PSNR | SSIM | render s/image | speed-up vs NeRF | train s/step |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -344,7 +344,7 @@ class Pronerf(Method):
         if math.isfinite(stats["loss"]):
             loss.backward()
             grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            if math.isfinite(float(torch.nn.utils.get_total_norm(grads))):
+            if grads and math.isfinite(float(torch.stack([g.norm() for g in grads]).norm())):
                 optimizer.step()
                 return stats
         optimizer.zero_grad(set_to_none=True)  # a non-finite loss or gradient: skip this update

@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default="default", help="named configuration, e.g. fast")
     train.add_argument("--max-steps", type=int, default=None)
     train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--samples", type=int, default=None, help="shaded samples per ray, e.g. 8 or 12 (pronerf)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field")
     train.add_argument("--out", type=Path, default=None, help="run directory (default runs/<method>/<scene>/<time>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
@@ -84,6 +85,7 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     import json
+    from dataclasses import fields
 
     import data
     from recon.methods import find_method
@@ -93,6 +95,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     method_cls = find_method(args.method)
     overrides = _overrides(args.set)
+    if args.samples is not None:
+        if "num_samples" not in {f.name for f in fields(method_cls.Config)}:
+            raise ValueError(f"--samples: method {method_cls.name!r} has no sample-count setting (pronerf has)")
+        overrides["num_samples"] = str(args.samples)
     for flag, key in ((args.max_steps, "max_steps"), (args.seed, "seed")):
         if flag is not None:
             overrides[key] = str(flag)
@@ -146,7 +152,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     mean = results["mean"]
     lpips = "n/a" if mean["lpips"] is None else f"{mean['lpips']:.4f}"
     print(f"{label}, {results['num_views']} {args.split} views: "
-          f"PSNR {mean['psnr']:.2f} dB, SSIM {mean['ssim']:.4f}, LPIPS {lpips} -> {out_dir}")
+          f"PSNR {mean['psnr']:.2f} dB, SSIM {mean['ssim']:.4f}, LPIPS {lpips}, {mean['fps']:.2f} FPS -> {out_dir}")
 
 
 def cmd_render(args: argparse.Namespace) -> None:

@@ -35,7 +35,7 @@ def evaluate(method: Method, out_dir: Path, split: str = "test", max_views: int 
     rows = []
     for i in views:
         tic = time.perf_counter()
-        rgb = method.render_view(scene.K[i], scene.c2w[i], scene.width, scene.height)["rgb"]
+        rgb = method.render_view(scene.K[i], scene.c2w[i], scene.width, scene.height)["rgb"].cpu()  # waits for CUDA
         seconds = time.perf_counter() - tic
         rgb = torch.from_numpy(to_uint8(rgb)).float() / 255
         name = scene.image_paths[i].stem if scene.image_paths else f"view_{i:04d}"
@@ -49,6 +49,7 @@ def evaluate(method: Method, out_dir: Path, split: str = "test", max_views: int 
             "render_seconds": seconds,
         })
     mean = {key: _mean([r[key] for r in rows]) for key in ("psnr", "ssim", "lpips", "render_seconds")}
+    mean["fps"] = 1.0 / max(mean["render_seconds"], 1e-9)  # frames per second over the split
     results = {"split": split, "num_views": len(rows), "mean": mean, "views": rows}
     write_json(out_dir / "results.json", results)
     write_text(out_dir / "results.md", _markdown(results))

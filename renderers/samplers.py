@@ -164,3 +164,46 @@ class OccupancyGrid(torch.nn.Module):
         decayed[cells] = torch.maximum(decayed[cells], values)
         self.values.copy_(decayed)
         self.occupied.copy_(self.values > min(self.threshold, float(self.values.mean())))
+
+
+# ---- learned samplers (ProNeRF's PAS): a network proposes sorted depths t [R, N] per ray ----
+def sample_cells(
+    t: torch.Tensor,  # [R, N] sorted sample depths
+    near: torch.Tensor,  # [R]
+    far: torch.Tensor,  # [R]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's own cell, lower [R, N] and upper [R, N]: halfway to its neighbours (near/far at the ends)."""
+    padded = torch.cat([near[:, None], t, far[:, None]], dim=-1)  # [R, N + 2]
+    halfway = 0.5 * (padded[:, 1:] + padded[:, :-1])  # [R, N + 1]
+    return halfway[:, :-1], halfway[:, 1:]
+
+
+def densify_samples(
+    t: torch.Tensor,  # [R, N] sorted
+    near: torch.Tensor,  # [R]
+    far: torch.Tensor,  # [R]
+    copies: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """[R, N·copies] sorted: each sample replicated at fractions k/copies (k < copies) of the gap to
+    its next or previous neighbour (near/far at the ends), the direction a fair coin per sample."""
+    padded = torch.cat([near[:, None], t, far[:, None]], dim=-1)  # [R, N + 2]
+    forward = torch.rand(t.shape, device=t.device, generator=generator) < 0.5
+    gap = torch.where(forward, padded[:, 2:] - t, padded[:, :-2] - t)  # [R, N] signed
+    fractions = torch.arange(copies, device=t.device, dtype=t.dtype) / copies  # [copies]
+    dense = t[..., None] + gap[..., None] * fractions  # [R, N, copies]
+    return torch.sort(dense.flatten(1), dim=-1).values
+
+
+def jitter_samples(
+    t: torch.Tensor,  # [R, S] sorted
+    far: torch.Tensor,  # [R]
+    generator: torch.Generator | None = None,
+    scale: float = 0.2,
+    max_fraction: float = 0.99,
+) -> torch.Tensor:
+    """[R, S] each sample moved towards the next one (far for the last) by min(|N(0, 1)|·scale,
+    max_fraction) of the gap; the order is kept."""
+    gap = torch.cat([t[:, 1:], far[:, None]], dim=-1) - t  # [R, S]
+    fraction = (torch.randn(t.shape, device=t.device, generator=generator).abs() * scale).clamp(max=max_fraction)
+    return t + fraction * gap

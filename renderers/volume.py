@@ -58,3 +58,10 @@ def visible_samples(
     termination: samples behind an opaque surface cannot change the colour)."""
     _, transmittance, _ = nerfacc.render_weight_from_density(t_starts, t_ends, sigmas)
     return transmittance > min_transmittance
+
+
+def render_weights_from_alpha(alphas: torch.Tensor) -> torch.Tensor:
+    """[R, S] compositing weights w_i = α_i Π_{j<i} (1 − α_j) from opacities α [R, S] in [0, 1]."""
+    assert alphas.dim() == 2, f"alphas must be [R, S], got {tuple(alphas.shape)}"
+    weights, _ = nerfacc.render_weight_from_alpha(alphas)
+    return weights

@@ -6,9 +6,10 @@ from recon.methods.base import Method
 
 def method_registry() -> dict[str, type[Method]]:
     from recon.methods.nerf import Nerf
+    from recon.methods.pronerf import Pronerf
     from recon.methods.splat import Splat
 
-    return {Nerf.name: Nerf, Splat.name: Splat}
+    return {Nerf.name: Nerf, Pronerf.name: Pronerf, Splat.name: Splat}
 
 
 def find_method(name: str) -> type[Method]:

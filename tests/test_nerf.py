@@ -1,15 +1,15 @@
 """NeRF method: both presets learn, resume is exact, checkpoints are checked."""
-import json
 from dataclasses import replace
 
 import pytest
 import torch
+from training import logged_values, run_training
 
 import data
 from recon.io import CheckpointError, load_checkpoint
 from recon.methods.nerf import PRESETS, Nerf
 from recon.metrics import psnr
-from recon.trainer import Trainer, latest_checkpoint, restore
+from recon.trainer import latest_checkpoint, restore
 
 
 def mean_test_psnr(method: Nerf) -> float:
@@ -65,23 +65,7 @@ def test_classic_nerf_coarse_and_fine_networks_learn(tiny_blender):
 
 def run_trainer(scene, run_dir, max_steps, resume=False, crash_at=None):
     method = Nerf(fast_config(max_steps=max_steps, checkpoint_every=3, eval_every=3, eval_views=1), scene)
-    if crash_at is not None:  # simulate an interrupted run
-        train_step = method.train_step
-
-        def crashing_step(step):
-            if step == crash_at:
-                raise KeyboardInterrupt
-            return train_step(step)
-
-        method.train_step = crashing_step
-    Trainer(method, run_dir, {"method": "nerf", "preset": "fast", "data": str(scene.root), "data_options": {}}).run(resume=resume, quiet=True)
-    return method
-
-
-def logged_values(run_dir):
-    """metrics.jsonl without the timing fields, which differ between runs."""
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in ("train_time", "rays_per_s")} for line in lines]
+    return run_training(method, run_dir, resume=resume, crash_at=crash_at)
 
 
 def test_resume_continues_exactly(tiny_blender, tmp_path):

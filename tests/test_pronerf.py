@@ -6,12 +6,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+from training import logged_values, run_training
 
 import data
 from recon.cli import main
 from recon.methods.pronerf import PRESETS, Pronerf
 from recon.metrics import psnr
-from recon.trainer import Trainer, latest_checkpoint, restore
+from recon.trainer import latest_checkpoint, restore
 from renderers.cameras import pixel_rays, to_ndc
 from renderers.projection import fetch_colors, ndc_to_world, plucker, project_to_views
 from renderers.samplers import densify_samples, jitter_samples, sample_cells
@@ -222,22 +223,7 @@ def test_configuration_errors_name_the_setting(tiny_blender):
 # ---- checkpoints, resume, CLI -----------------------------------------------------------------
 def run_trainer(scene, run_dir, max_steps, resume=False, crash_at=None):
     method = Pronerf(tiny_config(max_steps=max_steps, stage1_steps=4, checkpoint_every=3, eval_every=3, eval_views=1, log_every=1), scene)
-    if crash_at is not None:  # simulate an interrupted run
-        train_step = method.train_step
-
-        def crashing_step(step):
-            if step == crash_at:
-                raise KeyboardInterrupt
-            return train_step(step)
-
-        method.train_step = crashing_step
-    Trainer(method, run_dir, {"method": "pronerf", "preset": "fast", "data": str(scene.root), "data_options": {}}).run(resume=resume, quiet=True)
-    return method
-
-
-def logged_values(run_dir):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in ("train_time", "rays_per_s")} for line in lines]
+    return run_training(method, run_dir, resume=resume, crash_at=crash_at)
 
 
 @pytest.mark.parametrize("fixture", ["tiny_blender", "tiny_llff"])

@@ -5,12 +5,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from training import run_training
 
 import data
 from recon.export import read_ply, write_ply
 from recon.methods.splat import PRESETS, Splat
 from recon.metrics import psnr
-from recon.trainer import Trainer
 
 
 def small_config(**changes):
@@ -92,11 +92,7 @@ def test_resume_is_exact_across_densification(tiny_blender, tmp_path):
 
     def run(run_dir, crash_at=None, resume=False):
         method = Splat(small_config(max_steps=120, checkpoint_every=60, eval_every=60, eval_views=1), scene)
-        if crash_at is not None:
-            step_fn = method.train_step
-            method.train_step = lambda step: (_ for _ in ()).throw(KeyboardInterrupt) if step == crash_at else step_fn(step)
-        Trainer(method, run_dir, {"method": "splat", "preset": "fast", "data": str(scene.root), "data_options": {}}).run(resume=resume, quiet=True)
-        return method
+        return run_training(method, run_dir, resume=resume, crash_at=crash_at)
 
     straight = run(tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):

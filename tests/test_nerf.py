@@ -56,7 +56,7 @@ def test_classic_nerf_coarse_and_fine_networks_learn(tiny_blender):
     config = replace(PRESETS["default"], hidden_dim=32, num_layers=2, num_coarse=16, num_fine=16, rays_per_batch=256, lr=5e-3)
     method = Nerf(config, scene)
     assert method.coarse is not None
-    rays, target = method.sample_training_rays()
+    rays, target, _ = method.sample_training_rays(method.config.rays_per_batch, method.generator)
     first = method.render_rays(rays, perturb=False)
     assert first["rgb"].shape == (256, 3) and first["rgb_coarse"].shape == (256, 3)
     losses = [method.train_step(step)["loss"] for step in range(60)]

@@ -125,7 +125,7 @@ def test_pas_proposals_obey_their_invariants(fixture, request):
         for net in (method.sampler.coarse_net, method.sampler.fine_net):
             net.out.weight.normal_(0, 3.0)
         method.sampler.coarse_net.out.bias[16:24] = 4.0  # relu(m) ≈ 4: unclamped α would exceed 1
-    rays, _, cam = method.sample_training_rays()
+    rays, _, cam = method.sample_training_rays(method.config.rays_per_batch, method.generator)
     views = method.random_source_views(cam)
     _, h, w, _ = scene.images.shape
     p = method.propose(rays, method.train_K[cam], views, w, h)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from data import Scene
+from renderers.cameras import Rays, make_rays, pixel_rays
 
 
 @dataclass
@@ -53,6 +54,18 @@ class Method(nn.Module):
         self.train_images = scene.images[train].to(self.device)  # [T, H, W, 3]
         self.train_K, self.train_c2w = scene.K[train].to(self.device), scene.c2w[train].to(self.device)  # [T, 3, 3], [T, 4, 4]
 
+    def sample_training_rays(self, num_rays: int, generator: torch.Generator) -> tuple[Rays, torch.Tensor, torch.Tensor]:
+        """Rays through random pixels of random training views (NDC for forward-facing scenes),
+        their target colours [R, 3] and training-view indices [R]."""
+        t, h, w, _ = self.train_images.shape
+        cam = torch.randint(0, t, (num_rays,), generator=generator, device=self.device)
+        u = torch.randint(0, w, (num_rays,), generator=generator, device=self.device)
+        v = torch.randint(0, h, (num_rays,), generator=generator, device=self.device)
+        origins, directions = pixel_rays(self.train_K[cam], self.train_c2w[cam], u, v)
+        ndc_K = self.train_K[cam] if self.scene.ndc else None
+        rays = make_rays(origins, directions, self.scene.near, self.scene.far, ndc_K, w, h)
+        return rays, self.train_images[cam, v, u], cam
+
     def train_step(self, step: int) -> dict[str, float]:
         """One optimisation step; returns at least "loss", "psnr" and "rays" (or "gaussians")."""
         raise NotImplementedError
@@ -61,6 +74,14 @@ class Method(nn.Module):
     def render_view(self, K: torch.Tensor, c2w: torch.Tensor, width: int, height: int) -> dict[str, torch.Tensor]:
         """Render one camera (K, c2w on any device): "rgb" [H, W, 3], "depth" [H, W], "opacity" [H, W], on self.device."""
         raise NotImplementedError
+
+    @staticmethod
+    def assemble_image(chunks: list[dict[str, torch.Tensor]], height: int, width: int) -> dict[str, torch.Tensor]:
+        """render_view's result from per-ray chunks holding "rgb" [R, 3], "depth" and "opacity" [R, 1]."""
+        rgb = torch.cat([c["rgb"] for c in chunks]).view(height, width, 3)
+        depth = torch.cat([c["depth"] for c in chunks]).view(height, width)
+        opacity = torch.cat([c["opacity"] for c in chunks]).view(height, width)
+        return {"rgb": rgb.clamp(0, 1), "depth": depth, "opacity": opacity}
 
     def training_state(self) -> dict:
         """Optimiser/scheduler/RNG state needed to resume exactly (tensors and plain values only)."""

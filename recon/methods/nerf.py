@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from data import Scene
 from recon.fields.radiance import HashGridField, MLPField
 from recon.methods.base import Method, TrainConfig
-from renderers.cameras import Rays, image_rays, make_rays, pixel_rays
+from renderers.cameras import Rays, image_rays
 from renderers.samplers import OccupancyGrid, PDFSampler, RaySamples, StratifiedSampler
 from renderers.volume import composite, render_weights, visible_samples
 
@@ -148,28 +148,13 @@ class Nerf(Method):
         K, c2w = K.to(self.device), c2w.to(self.device)
         rays = image_rays(K, c2w, width, height, self.scene.near, self.scene.far, ndc=self.scene.ndc)
         chunks = [self.render_rays(rays[i : i + self.config.render_chunk], perturb=False) for i in range(0, len(rays), self.config.render_chunk)]
-        rgb = torch.cat([c["rgb"] for c in chunks]).view(height, width, 3)
-        depth = torch.cat([c["depth"] for c in chunks]).view(height, width)
-        opacity = torch.cat([c["opacity"] for c in chunks]).view(height, width)
-        return {"rgb": rgb.clamp(0, 1), "depth": depth, "opacity": opacity}
+        return self.assemble_image(chunks, height, width)
 
     # ---- training --------------------------------------------------------------------------
-    def sample_training_rays(self) -> tuple[Rays, torch.Tensor]:
-        """A random batch of training rays and their target colours [R, 3]."""
-        t, h, w, _ = self.train_images.shape
-        n = self.config.rays_per_batch
-        cam = torch.randint(0, t, (n,), generator=self.generator, device=self.device)
-        u = torch.randint(0, w, (n,), generator=self.generator, device=self.device)
-        v = torch.randint(0, h, (n,), generator=self.generator, device=self.device)
-        origins, directions = pixel_rays(self.train_K[cam], self.train_c2w[cam], u, v)
-        ndc_K = self.train_K[cam] if self.scene.ndc else None
-        rays = make_rays(origins, directions, self.scene.near, self.scene.far, ndc_K, w, h)
-        return rays, self.train_images[cam, v, u]
-
     def train_step(self, step: int) -> dict[str, float]:
         if self.grid is not None and step % self.config.grid_update_every == 0:
             self.grid.update(self.fine.density, all_cells=step < 256, generator=self.generator)
-        rays, target = self.sample_training_rays()
+        rays, target, _ = self.sample_training_rays(self.config.rays_per_batch, self.generator)
         out = self.render_rays(rays, perturb=True)
         mse = F.mse_loss(out["rgb"], target)
         loss = mse + F.mse_loss(out["rgb_coarse"], target) if "rgb_coarse" in out else mse

@@ -43,7 +43,7 @@ from data import Scene
 from recon.fields.encodings import PositionalEncoding
 from recon.fields.mlp import MLP
 from recon.methods.base import Method, TrainConfig
-from renderers.cameras import Rays, image_rays, make_rays, pixel_rays
+from renderers.cameras import Rays, image_rays
 from renderers.projection import fetch_colors, ndc_to_world, plucker, project_to_views
 from renderers.samplers import densify_samples, jitter_samples, sample_cells
 from renderers.volume import composite, render_weights_from_alpha
@@ -298,23 +298,9 @@ class Pronerf(Method):
             chunk = rays[i : i + self.config.render_chunk]
             n = len(chunk)
             chunks.append(self.render_rays(chunk, K.expand(n, 3, 3), views.expand(n, -1), width, height))
-        rgb = torch.cat([c["rgb"] for c in chunks]).view(height, width, 3)
-        depth = torch.cat([c["depth"] for c in chunks]).view(height, width)
-        opacity = torch.cat([c["opacity"] for c in chunks]).view(height, width)
-        return {"rgb": rgb.clamp(0, 1), "depth": depth, "opacity": opacity}
+        return self.assemble_image(chunks, height, width)
 
     # ---- training ------------------------------------------------------------------------------
-    def sample_training_rays(self) -> tuple[Rays, torch.Tensor, torch.Tensor]:
-        """A random batch of training rays, their target colours [R, 3] and cameras [R]."""
-        t, h, w, _ = self.train_images.shape
-        n = self.config.rays_per_batch
-        cam = torch.randint(0, t, (n,), generator=self.generator, device=self.device)
-        u = torch.randint(0, w, (n,), generator=self.generator, device=self.device)
-        v = torch.randint(0, h, (n,), generator=self.generator, device=self.device)
-        origins, directions = pixel_rays(self.train_K[cam], self.train_c2w[cam], u, v)
-        rays = make_rays(origins, directions, self.scene.near, self.scene.far, self.train_K[cam] if self.scene.ndc else None, w, h)
-        return rays, self.train_images[cam, v, u], cam
-
     def stage(self, step: int) -> str:
         """"exploit" / "explore" (stage 1, by parity) or "joint" (stage 2)."""
         if step >= self.config.stage1_steps:
@@ -332,7 +318,7 @@ class Pronerf(Method):
         optimizer = self.explore_optimizer if mode == "explore" else self.joint_optimizer
         for group in optimizer.param_groups:
             group["lr"] = self.learning_rate(step)
-        rays, target, cam = self.sample_training_rays()
+        rays, target, cam = self.sample_training_rays(self.config.rays_per_batch, self.generator)
         _, h, w, _ = self.train_images.shape
         out = self.render_rays(rays, self.train_K[cam], self.random_source_views(cam), w, h, mode)
         mse = F.mse_loss(out["rgb"], target)

@@ -10,7 +10,7 @@ of `Trainer.run` per mode and its ratio to "off":
   cores, so this mode also pays for the browser itself (~0.1 core here).
 
 Usage: python bench/viewer_overhead.py [--threads 2] [--reps 3] [--res 128] [--splat-steps 300]
-       [--nerf-steps 150] [--no-browser]
+       [--nerf-steps 150] [--no-browser] [--methods splat,nerf]
 """
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--splat-steps", type=int, default=300)
     parser.add_argument("--nerf-steps", type=int, default=150)
     parser.add_argument("--no-browser", action="store_true", help="skip the browser mode")
+    parser.add_argument("--methods", default="splat,nerf", help="comma-separated subset of splat,nerf")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,7 +90,8 @@ def main() -> None:
             chromium = shutil.which("chromium") or "/usr/bin/chromium"
             browser = stack.enter_context(sync_playwright()).chromium.launch(
                 executable_path=chromium, args=["--headless=new", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"])
-        for name, (method_cls, config) in runs.items():
+        for name in args.methods.split(","):
+            method_cls, config = runs[name]
             timed_run(method_cls, replace(config, max_steps=5, eval_every=5, checkpoint_every=5), scene, "off", browser)  # warm-up
             seconds = {mode: [] for mode in modes}
             for _ in range(args.reps):

@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 
 SETTLE_S = 0.2  # a camera still for this long gets a full-resolution frame
 TICK_S = 0.05  # the render thread looks for work at least this often
-STATS_EVERY_S = 0.5  # refresh of the statistics panel
-REFRESH_MIN_S = 2.0  # while training, a still view is re-rendered at most this often
+STATS_EVERY_S = 1.0  # refresh of the statistics panel
+REFRESH_MIN_S = 5.0  # while training, a still view is re-rendered at most this often
 POINTS_EVERY_S = 10.0  # refresh of the Gaussian centres while training
 MAX_POINTS = 100_000  # point cloud size cap (every k-th point beyond it)
 SH_C0 = 0.28209479177387814  # Gaussian colour = SH_C0 · sh0 + 0.5

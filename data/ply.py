@@ -23,17 +23,16 @@ def read_vertices(path: Path) -> np.ndarray:
     lines = raw[:end].decode("ascii", errors="replace").splitlines()
     if "format binary_little_endian 1.0" not in lines:
         raise DataError(f"{path}: only binary_little_endian PLY files are supported")
-    count, fields, element = 0, [], None
+    count, fields, in_vertex = 0, [], False
     for line in lines:
         words = line.split()
         if words[:1] == ["element"]:
-            if element == "vertex":
-                break  # properties of later elements are not ours; vertex data comes first
-            element = words[1]
-            count = int(words[2]) if element == "vertex" else count
-            if element != "vertex":
+            if in_vertex:
+                break  # later elements follow the vertex data, which is all we read
+            if words[1] != "vertex":
                 raise DataError(f"{path}: expected the vertex element first, got {words[1]!r}")
-        elif words[:1] == ["property"] and element == "vertex":
+            in_vertex, count = True, int(words[2])
+        elif words[:1] == ["property"] and in_vertex:
             if words[1] == "list" or words[1] not in _TYPES:
                 raise DataError(f"{path}: unsupported vertex property {' '.join(words[1:])!r}")
             fields.append((words[2], _TYPES[words[1]]))

@@ -76,6 +76,13 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
     return result
 
 
+def _check_device(device: str) -> None:
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:
+        raise ValueError(f"--device {device}: {str(error).splitlines()[0]}") from None
+
+
 def cmd_data_synth(args: argparse.Namespace) -> None:
     from data.synth import generate
 
@@ -192,14 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device is not None:
-        try:
-            torch.empty(0, device=args.device)
-        except (RuntimeError, AssertionError) as error:
-            print(f"recon: error: --device {args.device}: {str(error).splitlines()[0]}", file=sys.stderr)
-            return 2
     handlers = {"data": cmd_data_synth, "train": cmd_train, "eval": cmd_eval, "render": cmd_render, "view": cmd_view, "export": cmd_export}
     try:
+        if args.device is not None:
+            _check_device(args.device)
         handlers[args.command](args)
     except (DataError, CheckpointError, ValueError, FileNotFoundError) as error:
         print(f"recon: error: {error}", file=sys.stderr)

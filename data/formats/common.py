@@ -228,12 +228,17 @@ def drop_nonfinite_poses(c2w: np.ndarray, source: str) -> np.ndarray:
     return keep
 
 
+def similarity_apply_to_points(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Move [..., 3] points by a world similarity [4, 4]."""
+    return points @ transform[:3, :3].T + transform[:3, 3]
+
+
 def similarity_apply_to_poses(transform: np.ndarray, c2w: np.ndarray) -> np.ndarray:
     """Move [N, 3|4, 4] poses by a world similarity [4, 4] = [s·Q | b]: R -> Q R, t -> s Q t + b."""
     scale = similarity_scale(transform)
     out = to_homogeneous(c2w)
     out[:, :3, :3] = transform[:3, :3] / scale @ out[:, :3, :3]
-    out[:, :3, 3] = out[:, :3, 3] @ transform[:3, :3].T + transform[:3, 3]
+    out[:, :3, 3] = similarity_apply_to_points(transform, out[:, :3, 3])
     return out
 
 
@@ -279,7 +284,7 @@ def load_ground_truth(
         depths.append(resize_nearest(depth.astype(np.float32), size) * scale)
         instances.append(resize_nearest(inst, size))
     points, colors = read_points(gt / "points.ply")
-    points = points @ transform[:3, :3].T + transform[:3, 3]
+    points = similarity_apply_to_points(transform, points)
     return {
         "depths": torch.from_numpy(np.stack(depths)).float(),  # [N, H, W]
         "instance_ids": torch.from_numpy(np.stack(instances).astype(np.int32)),  # [N, H, W]

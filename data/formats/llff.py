@@ -27,6 +27,7 @@ from data.formats.common import (
     opengl_to_opencv,
     require_dir,
     require_file,
+    similarity_apply_to_points,
     similarity_apply_to_poses,
     similarity_scale,
     to_homogeneous,
@@ -96,7 +97,7 @@ def load_llff(
     ground_truth = load_ground_truth(root, [p.stem for p in paths], (h, w), transform)
     if "points" not in ground_truth and (colmap := find_points3d(root)) is not None:
         points, colors = read_points3d(colmap)
-        ground_truth["points"] = torch.from_numpy(points @ transform[:3, :3].T + transform[:3, 3]).float()  # [P, 3]
+        ground_truth["points"] = torch.from_numpy(similarity_apply_to_points(transform, points)).float()  # [P, 3]
         ground_truth["point_colors"] = torch.from_numpy(colors).float()  # [P, 3]
     return Scene(
         name=root.name,

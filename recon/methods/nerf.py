@@ -132,12 +132,12 @@ class Nerf(Method):
         positions = samples.positions(rays)  # [R, S, 3]
         keep = self.grid.query(positions)  # [R, S]
         with torch.no_grad():
-            sigmas = torch.zeros(num_rays, num_samples, device=positions.device).masked_scatter(keep, self.fine.density(positions[keep]))
+            sigmas = positions.new_zeros(num_rays, num_samples).masked_scatter(keep, self.fine.density(positions[keep]))
             keep &= visible_samples(samples.starts, samples.ends, sigmas)
         viewdirs = rays.viewdirs[:, None, :].expand(-1, num_samples, -1)
         sigma, rgb = self.fine(positions[keep], viewdirs[keep])  # [K], [K, 3]
-        sigmas = torch.zeros_like(keep, dtype=sigma.dtype).masked_scatter(keep, sigma)
-        rgbs = torch.zeros(num_rays, num_samples, 3, device=rgb.device).masked_scatter(keep[..., None].expand(-1, -1, 3), rgb)
+        sigmas = positions.new_zeros(num_rays, num_samples).masked_scatter(keep, sigma)
+        rgbs = positions.new_zeros(num_rays, num_samples, 3).masked_scatter(keep[..., None].expand(-1, -1, 3), rgb)
         weights = render_weights(samples.starts, samples.ends, sigmas)
         result = composite(weights, rgbs, samples.mids, self.background)
         result["samples_per_ray"] = keep.sum(-1).float()

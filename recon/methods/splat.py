@@ -97,8 +97,8 @@ class Splat(Method):
         if c.init == "points" and scene.points is not None:
             means, colors = scene.points.float().to(self.device, copy=True), scene.point_colors.float().to(self.device)  # never train the Scene in place
         elif c.init in ("points", "random"):
-            low, high = scene.bounds.float()
-            means = low.to(self.device) + (high - low).to(self.device) * torch.rand(c.init_num_random, 3, generator=self.generator, device=self.device)
+            low, high = scene.bounds.float().to(self.device)
+            means = low + (high - low) * torch.rand(c.init_num_random, 3, generator=self.generator, device=self.device)
             colors = torch.rand(c.init_num_random, 3, generator=self.generator, device=self.device)
         else:
             raise ValueError(f"init must be 'points' or 'random', got {c.init!r}")

@@ -135,7 +135,7 @@ def rasterization(
         means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane, radius_clip,
         opacities=opacities, calc_compensations=rasterize_mode == "antialiased",
     )  # fmt: skip
-    opacities = opacities.expand(C, N) if compensations is None else opacities * compensations  # [C, N]
+    opacities = _for_cameras(opacities, C, (N,)) if compensations is None else opacities * compensations  # [C, N]
     colors = _view_colors(colors, sh_degree, means, viewmats, sh)  # [C, N, D]
     colors, backgrounds = _add_depth_channel(colors, backgrounds, depths, render_mode)
 
@@ -184,11 +184,19 @@ def _view_colors(
     """[C, N, D] per-view colours; SH as gsplat: direction mean − camera centre, colour clamp(SH + 0.5, 0)."""
     C, N = viewmats.shape[0], means.shape[0]
     if sh_degree is None:
-        return colors.expand(C, N, colors.shape[-1])
+        return _for_cameras(colors, C, (N, colors.shape[-1]))
     campos = torch.inverse(viewmats)[:, :3, 3]  # [C, 3]
     dirs = means[None, :, :] - campos[:, None, :]  # [C, N, 3]
-    coeffs = colors.expand(C, N, *colors.shape[-2:])  # [C, N, K, 3]
+    coeffs = _for_cameras(colors, C, (N, *colors.shape[-2:]))  # [C, N, K, 3]
     return torch.clamp_min(sh(sh_degree, dirs, coeffs) + 0.5, 0.0)
+
+
+def _for_cameras(x: torch.Tensor, C: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """x [*shape] or [C, *shape] as [C, *shape]: a plain view for one camera (its gradient needs no
+    reduction, unlike expand's), else broadcast."""
+    if x.dim() == len(shape):
+        x = x[None]
+    return x if x.shape[0] == C else x.expand(C, *shape)
 
 
 def _add_depth_channel(

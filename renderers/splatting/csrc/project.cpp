@@ -435,7 +435,7 @@ std::vector<at::Tensor> sh_backward(int64_t degree, const at::Tensor& dirs, cons
   check_float(coeffs, "coeffs");
   check_float(v_colors, "v_colors");
   const int64_t M = dirs.size(0), K = coeffs.size(1), B = (degree + 1) * (degree + 1);
-  at::Tensor v_dirs = at::empty({M, 3}, dirs.options()), v_coeffs = at::zeros({M, K, 3}, dirs.options());
+  at::Tensor v_dirs = at::empty({M, 3}, dirs.options()), v_coeffs = at::empty({M, K, 3}, dirs.options());
   const float *dir = dirs.data_ptr<float>(), *coeff = coeffs.data_ptr<float>(), *vcol = v_colors.data_ptr<float>();
   float *vd_out = v_dirs.data_ptr<float>(), *vc_out = v_coeffs.data_ptr<float>();
   at::parallel_for(0, M, 2048, [&](int64_t begin, int64_t end) {
@@ -451,6 +451,7 @@ std::vector<at::Tensor> sh_backward(int64_t degree, const at::Tensor& dirs, cons
         for (int ch = 0; ch < 3; ++ch) vcm[3 * k + ch] = basis[k] * vc[ch];
         for (int i = 0; i < 3; ++i) v_unit[i] += v_basis * d_basis[k][i];
       }
+      std::fill(vcm + 3 * B, vcm + 3 * K, 0.f);
       // unit = dir / max(|dir|, eps): the norm only carries gradient when it exceeds eps
       const float dot = norm > kNormEps ? v_unit[0] * unit[0] + v_unit[1] * unit[1] + v_unit[2] * unit[2] : 0.f;
       for (int i = 0; i < 3; ++i) vd_out[3 * m + i] = (v_unit[i] - unit[i] * dot) / norm;

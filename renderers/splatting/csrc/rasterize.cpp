@@ -5,7 +5,7 @@
 // +0.5, alpha = min(0.999, opacity * exp(-sigma)) skipped below 1/255, exclusive early termination
 // when transmittance would drop to <= 1e-4, background weighted by the final transmittance.
 //
-// Each call bins Gaussians to tiles (count, prefix sum, fill, per-tile depth sort) and then works
+// Each call bins Gaussians to tiles (count, prefix sum, fill in global depth order) and then works
 // on (camera, tile) pairs in parallel. The backward writes per-Gaussian gradients to one slot per
 // (Gaussian, tile) intersection and sums each Gaussian's slots at the end: no atomics, and results
 // do not depend on the thread count.
@@ -129,13 +129,31 @@ TileRect tile_rect(const Problem& P, const int32_t* radii, int64_t g) {
   return r;
 }
 
+// The items (flat Gaussian indices) ordered by key[item], ties kept in their given order: a
+// stable least-significant-digit radix sort, 8 bits per pass.
+std::vector<int32_t> sort_by_key(const std::vector<uint32_t>& key, std::vector<int32_t> items) {
+  std::vector<int32_t> sorted(items.size());
+  for (int shift = 0; shift < 32; shift += 8) {
+    int64_t start[257] = {};
+    for (int32_t g : items) ++start[((key[g] >> shift) & 255) + 1];
+    for (int d = 0; d < 256; ++d) start[d + 1] += start[d];
+    for (int32_t g : items) sorted[start[(key[g] >> shift) & 255]++] = g;
+    items.swap(sorted);
+  }
+  return items;
+}
+
 Bins bin_gaussians(const Problem& P, const at::Tensor& radii, const at::Tensor& depths) {
   const int64_t G = P.C * P.N, T = P.tiles();
   const int32_t* rad = radii.data_ptr<int32_t>();
   const float* dep = depths.data_ptr<float>();
   std::vector<TileRect> rects(G);
+  std::vector<uint32_t> keys(G);
   at::parallel_for(0, G, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t g = begin; g < end; ++g) rects[g] = tile_rect(P, rad, g);
+    for (int64_t g = begin; g < end; ++g) {
+      rects[g] = tile_rect(P, rad, g);
+      keys[g] = depth_key(dep[g]);
+    }
   });
 
   auto opts = at::TensorOptions().dtype(at::kInt);
@@ -143,10 +161,13 @@ Bins bin_gaussians(const Problem& P, const at::Tensor& radii, const at::Tensor& 
   int32_t* goff = b.gauss_offsets.data_ptr<int32_t>();
   int32_t* toff = b.tile_offsets.data_ptr<int32_t>();
   std::vector<int64_t> count(T + 1, 0);  // per tile, shifted by one for the prefix sum
+  std::vector<int32_t> binned;           // Gaussians with at least one tile, by index
   int64_t n = 0;
   for (int64_t g = 0; g < G; ++g) {
     const TileRect& r = rects[g];
     goff[g] = static_cast<int32_t>(n);
+    if (r.count() <= 0) continue;
+    binned.push_back(static_cast<int32_t>(g));
     n += r.count();
     TORCH_CHECK(n < INT32_MAX, "rasterize: too many tile intersections");
     const int64_t base = (g / P.N) * P.TH * P.TW;
@@ -157,35 +178,22 @@ Bins bin_gaussians(const Problem& P, const at::Tensor& radii, const at::Tensor& 
   for (int64_t t = 0; t < T; ++t) count[t + 1] += count[t];
   for (int64_t t = 0; t <= T; ++t) toff[t] = static_cast<int32_t>(count[t]);
 
-  struct Entry {
-    uint32_t key;
-    int32_t g, slot;
-  };
-  std::vector<Entry> entries(n);
-  for (int64_t g = 0; g < G; ++g) {  // Gaussian order: ties in depth stay ordered by index
-    const TileRect& r = rects[g];
-    const int64_t base = (g / P.N) * P.TH * P.TW;
-    const uint32_t key = depth_key(dep[g]);
-    int32_t slot = goff[g];
-    for (int y = r.y0; y < r.y1; ++y)
-      for (int x = r.x0; x < r.x1; ++x) entries[count[base + y * P.TW + x]++] = {key, static_cast<int32_t>(g), slot++};
-  }
-  at::parallel_for(0, T, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t)
-      std::sort(entries.begin() + toff[t], entries.begin() + toff[t + 1],
-                [](const Entry& l, const Entry& r) { return l.key != r.key ? l.key < r.key : l.g < r.g; });
-  });
-
+  // Appending Gaussians in depth order (ties by index) leaves every tile's list sorted.
   b.isect_ids = at::empty({n}, opts);
   b.isect_slots = at::empty({n}, opts);
   int32_t* ids = b.isect_ids.data_ptr<int32_t>();
   int32_t* slots = b.isect_slots.data_ptr<int32_t>();
-  at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      ids[i] = entries[i].g;
-      slots[i] = entries[i].slot;
-    }
-  });
+  for (const int32_t g : sort_by_key(keys, std::move(binned))) {
+    const TileRect& r = rects[g];
+    const int64_t base = (g / P.N) * P.TH * P.TW;
+    int32_t slot = goff[g];
+    for (int y = r.y0; y < r.y1; ++y)
+      for (int x = r.x0; x < r.x1; ++x) {
+        const int64_t at = count[base + y * P.TW + x]++;
+        ids[at] = g;
+        slots[at] = slot++;
+      }
+  }
   return b;
 }
 
@@ -402,7 +410,7 @@ struct BackwardIn {
   const float* v_colors;  // [C, H, W, D]
   const float* v_alphas;  // [C, H, W]
   const int32_t* slots;   // [n_isects]
-  float* grads;           // [n_isects, K] gradient slots, zero-initialised
+  float* grads;           // [n_isects, K] gradient slots, each written once
   int64_t K;
   bool absgrad;
 };
@@ -491,11 +499,11 @@ void backward_tile(const Problem& P, int64_t t, const BackwardIn& in) {
         }
       }
     }
-    if (touched) {
-      float* slot = in.grads + in.slots[i] * K;  // this (Gaussian, tile)'s own slot
-      for (int64_t k = 0; k < K; ++k) slot[k] = hsum(grad[k]);
-    }
+    float* slot = in.grads + in.slots[i] * K;  // this (Gaussian, tile)'s own slot
+    for (int64_t k = 0; k < K; ++k) slot[k] = touched ? hsum(grad[k]) : 0.f;
   }
+  for (int32_t i = std::max(last_max + 1, begin); i < P.tile_offsets[t + 1]; ++i)  // behind every pixel's last
+    std::fill(in.grads + in.slots[i] * K, in.grads + (in.slots[i] + 1) * K, 0.f);
 }
 
 template <template <int> class Kernel, typename... Args>
@@ -576,7 +584,7 @@ std::vector<at::Tensor> rasterize_backward(
   P.isect_ids = isect_ids.data_ptr<int32_t>();
 
   const int64_t K = kSlotColor + P.D + (absgrad ? 2 : 0);
-  at::Tensor grads = at::zeros({isect_ids.size(0), K}, means2d.options());
+  at::Tensor grads = at::empty({isect_ids.size(0), K}, means2d.options());
   const BackwardIn in{T_final.data_ptr<float>(), last_ids.data_ptr<int32_t>(), v_render_colors.data_ptr<float>(),
                       v_render_alphas.data_ptr<float>(), isect_slots.data_ptr<int32_t>(), grads.data_ptr<float>(),
                       K, absgrad};

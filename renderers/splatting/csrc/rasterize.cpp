@@ -254,20 +254,27 @@ inline vf fmadd(vf a, vf b, vf c) {  // a * b + c, fused where the CPU can
 #endif
 }
 
-// exp(x) as Cephes expf: 2^n * p(r) with |r| <= ln(2) / 2, about 1 ulp; x clamped to [-87, 88].
-inline vf vexp(vf x) {
-  x = select(x == x, x, bc(0.f));  // NaN -> 0 (callers reject the NaN sigma anyway)
-  x = select(x < -87.f, bc(-87.f), select(x > 88.f, bc(88.f), x));
-  const vf fx = x * 1.44269504088896341f + 0.5f;
-  vi n = __builtin_convertvector(fx, vi);
-  n += __builtin_convertvector(n, vf) > fx;  // truncation -> floor (mask is -1)
-  const vf nf = __builtin_convertvector(n, vf);
+inline vf vfloor(vf x) {
+#if defined(__AVX__)
+  return _mm256_round_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+#else
+  const vf t = __builtin_convertvector(__builtin_convertvector(x, vi), vf);  // truncation
+  return t - select(t > x, bc(1.f), bc(0.f));
+#endif
+}
+
+// exp(-sigma) as Cephes expf: 2^n * p(r) with |r| <= ln(2) / 2, about 1 ulp; -sigma clamped to
+// [-87, 88], NaN to -87 (callers reject a NaN sigma anyway).
+inline vf vexp_neg(vf sigma) {
+  vf x = select(sigma <= 87.f, -sigma, bc(-87.f));
+  x = select(x <= 88.f, x, bc(88.f));
+  const vf nf = vfloor(x * 1.44269504088896341f + 0.5f);
   const vf r = fmadd(nf, bc(2.12194440e-4f), fmadd(nf, bc(-0.693359375f), x));
   vf p = bc(1.9875691500e-4f);
   for (float coef : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
     p = fmadd(p, r, bc(coef));
   p = fmadd(p, r * r, r + 1.f);
-  return p * reinterpret_cast<vf>((n + 127) << 23);
+  return p * reinterpret_cast<vf>((__builtin_convertvector(nf, vi) + 127) << 23);
 }
 
 // gsplat's per-pixel test for one chunk, in two steps so that chunks can be skipped before the
@@ -289,7 +296,7 @@ inline Eval gauss(const Splat& s, const Column& col, float dy) {
 }
 inline vi may_pass(const Splat& s, const Eval& e) { return e.sigma <= s.sigma_cut; }  // ok implies this
 inline void shade(const Splat& s, Eval& e) {
-  e.vis = vexp(-e.sigma);
+  e.vis = vexp_neg(e.sigma);
   const vf raw = s.o * e.vis;
   e.alpha = select(raw < kAlphaMax, raw, bc(kAlphaMax));
   e.ok = (e.sigma >= 0.f) & (e.alpha >= kAlphaMin);
@@ -421,11 +428,10 @@ void backward_tile(const Problem& P, int64_t t, const BackwardIn& in) {
   const Tile tile(P, t);
   const int nv = tile.vectors();
   const float* bg = P.backgrounds ? P.backgrounds + tile.cam * D : nullptr;
-  // Per pixel: running transmittance (recovered back to front), final transmittance, last list
-  // position, dL/dcolour and the colour of what lies behind (channel-major), and
-  // dL/d(1 - T_final) net of the background term.
-  std::vector<vf> T(nv, bc(1.f)), T_final(nv, bc(1.f)), v_T(nv, bc(0.f)), v_col(D * nv, bc(0.f)),
-      behind(D * nv, bc(0.f));
+  // Per pixel: running transmittance (recovered back to front), last list position, dL/dcolour
+  // and the colour of what lies behind (channel-major), and T_final dL/d(1 - T_final) net of the
+  // background term.
+  std::vector<vf> T(nv, bc(1.f)), v_T_final(nv, bc(0.f)), v_col(D * nv, bc(0.f)), behind(D * nv, bc(0.f));
   std::vector<vi> last(nv, bci(-1));
   const int64_t stride = static_cast<int64_t>(nv) * kLanes;
   int32_t last_max = -1;
@@ -433,7 +439,7 @@ void backward_tile(const Problem& P, int64_t t, const BackwardIn& in) {
     for (int x = tile.x0; x < tile.x1; ++x) {
       const int p = tile.lane_index(x, y);
       const int64_t q = tile.global(P, x, y);
-      lanes(T)[p] = lanes(T_final)[p] = in.T_final[q];
+      lanes(T)[p] = in.T_final[q];
       lanes(last)[p] = in.last[q];
       last_max = std::max(last_max, in.last[q]);
       float bg_dot = 0.f;
@@ -441,7 +447,7 @@ void backward_tile(const Problem& P, int64_t t, const BackwardIn& in) {
         lanes(v_col)[k * stride + p] = in.v_colors[q * D + k];
         if (bg) bg_dot += bg[k] * in.v_colors[q * D + k];
       }
-      lanes(v_T)[p] = in.v_alphas[q] - bg_dot;
+      lanes(v_T_final)[p] = in.T_final[q] * (in.v_alphas[q] - bg_dot);
     }
   }
 
@@ -462,7 +468,9 @@ void backward_tile(const Problem& P, int64_t t, const BackwardIn& in) {
     bool touched = false;
     for (int j = box.j_lo; j < box.j_hi; ++j) {
       const Column column(s, tile.px(j));
-      const vf dx = column.dx;
+      // sigma's gradient, summed over the column's rows as v_sigma, v_sigma dy and v_sigma dy^2:
+      // with dx fixed, the mean and conic gradients are linear in these sums.
+      vf v_sigma_sum = bc(0.f), v_sigma_dy = bc(0.f), v_sigma_dy2 = bc(0.f);
       for (int y = box.y_lo; y < box.y_hi; ++y) {
         const float dy = s.y - (y + 0.5f);
         const int v = (y - tile.y0) * tile.chunks + j;
@@ -476,7 +484,7 @@ void backward_tile(const Problem& P, int64_t t, const BackwardIn& in) {
         const vf ra = 1.f / (1.f - e.alpha);
         T[v] = select(valid, T[v] * ra, T[v]);  // transmittance in front of this Gaussian
         const vf w = select(valid, e.alpha * T[v], bc(0.f));
-        vf v_alpha = T_final[v] * ra * v_T[v];
+        vf v_alpha = ra * v_T_final[v];
         for (int64_t k = 0; k < D; ++k) {
           const vf vc = v_col[k * nv + v];
           vf& b = behind[k * nv + v];
@@ -485,19 +493,23 @@ void backward_tile(const Problem& P, int64_t t, const BackwardIn& in) {
           b += col[k] * w;
         }
         const vi unclamped = valid & (s.o * e.vis <= kAlphaMax);  // no gradient through the clamp
-        const vf v_sigma = select(unclamped, -s.o * e.vis * v_alpha, bc(0.f));
-        const vf v_mx = v_sigma * (s.a * dx + s.b * dy), v_my = v_sigma * (s.b * dx + s.c * dy);
-        grad[kSlotMean] += v_mx;
-        grad[kSlotMean + 1] += v_my;
-        grad[kSlotConic] += 0.5f * v_sigma * dx * dx;
-        grad[kSlotConic + 1] += v_sigma * dx * dy;
-        grad[kSlotConic + 2] += 0.5f * v_sigma * dy * dy;
-        grad[kSlotOpacity] += select(unclamped, e.vis * v_alpha, bc(0.f));
+        const vf v_opacity = select(unclamped, e.vis * v_alpha, bc(0.f));
+        const vf v_sigma = -s.o * v_opacity;
+        grad[kSlotOpacity] += v_opacity;
+        v_sigma_sum += v_sigma;
+        v_sigma_dy += v_sigma * dy;
+        v_sigma_dy2 += v_sigma * (dy * dy);
         if (in.absgrad) {
-          grad[kSlotColor + D] += vabs(v_mx);
-          grad[kSlotColor + D + 1] += vabs(v_my);
+          grad[kSlotColor + D] += vabs(v_sigma * (s.a * column.dx + s.b * dy));
+          grad[kSlotColor + D + 1] += vabs(v_sigma * (s.b * column.dx + s.c * dy));
         }
       }
+      const vf dx = column.dx;
+      grad[kSlotMean] += s.a * dx * v_sigma_sum + s.b * v_sigma_dy;
+      grad[kSlotMean + 1] += s.b * dx * v_sigma_sum + s.c * v_sigma_dy;
+      grad[kSlotConic] += 0.5f * dx * dx * v_sigma_sum;
+      grad[kSlotConic + 1] += dx * v_sigma_dy;
+      grad[kSlotConic + 2] += 0.5f * v_sigma_dy2;
     }
     float* slot = in.grads + in.slots[i] * K;  // this (Gaussian, tile)'s own slot
     for (int64_t k = 0; k < K; ++k) slot[k] = touched ? hsum(grad[k]) : 0.f;

@@ -32,7 +32,7 @@ def build(name: str, source: Path) -> ModuleType:
         return load(
             name=name + ("_avx2" if isa else ""),
             sources=[str(source)],
-            extra_cflags=["-O3", "-ffp-contract=off", "-fopenmp", *isa],
+            extra_cflags=["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", *isa],
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )

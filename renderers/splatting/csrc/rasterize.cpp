@@ -602,23 +602,30 @@ std::vector<at::Tensor> rasterize_backward(
                       K, absgrad};
   dispatch_channels<Backward>(P.D, P, in);
 
-  // Sum each Gaussian's slots (contiguous, in tile order): [C, N, K].
-  const int64_t G = P.C * P.N;
-  at::Tensor total = at::empty({P.C, P.N, K}, means2d.options());
+  // Sum each Gaussian's slots (contiguous, in tile order) straight into the outputs.
+  const auto f32 = means2d.options();
+  at::Tensor v_means2d = at::empty({P.C, P.N, 2}, f32), v_conics = at::empty({P.C, P.N, 3}, f32);
+  at::Tensor v_colors = at::empty({P.C, P.N, P.D}, f32), v_opacities = at::empty({P.C, P.N}, f32);
+  at::Tensor v_abs = absgrad ? at::empty({P.C, P.N, 2}, f32) : at::Tensor();
+  struct Part {
+    float* out;
+    int64_t first, count;  // slot entries
+  };
+  std::vector<Part> parts{{v_means2d.data_ptr<float>(), kSlotMean, 2}, {v_conics.data_ptr<float>(), kSlotConic, 3},
+                          {v_opacities.data_ptr<float>(), kSlotOpacity, 1}, {v_colors.data_ptr<float>(), kSlotColor, P.D}};
+  if (absgrad) parts.push_back({v_abs.data_ptr<float>(), kSlotColor + P.D, 2});
   const int32_t* goff = gauss_offsets.data_ptr<int32_t>();
   const float* src = grads.data_ptr<float>();
-  float* dst = total.data_ptr<float>();
-  at::parallel_for(0, G, 1024, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P.C * P.N, 1024, [&](int64_t begin, int64_t end) {
+    std::vector<float> sum(K);
     for (int64_t g = begin; g < end; ++g) {
-      float* d = dst + g * K;
-      std::fill(d, d + K, 0.f);
+      std::fill(sum.begin(), sum.end(), 0.f);
       for (int32_t j = goff[g]; j < goff[g + 1]; ++j)
-        for (int64_t k = 0; k < K; ++k) d[k] += src[j * K + k];
+        for (int64_t k = 0; k < K; ++k) sum[k] += src[j * K + k];
+      for (const Part& part : parts) std::copy_n(sum.begin() + part.first, part.count, part.out + g * part.count);
     }
   });
-  return {total.narrow(2, kSlotMean, 2).contiguous(), total.narrow(2, kSlotConic, 3).contiguous(),
-          total.narrow(2, kSlotColor, P.D).contiguous(), total.select(2, kSlotOpacity).contiguous(),
-          absgrad ? total.narrow(2, kSlotColor + P.D, 2).contiguous() : at::Tensor()};
+  return {v_means2d, v_conics, v_colors, v_opacities, v_abs};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -163,6 +163,42 @@ def test_sh_accepts_expanded_coefficients():
     assert_close(*grads, name="v_coeffs")
 
 
+@pytest.mark.parametrize("degree", [1, 3])
+def test_sh_blocks_match_concatenated_coefficients(degree):
+    """Coefficients as blocks (3DGS's sh0, shN) give the values and gradients of their concatenation."""
+    g = torch.Generator().manual_seed(degree)
+    dirs = torch.randn(2, 40, 3, generator=g)
+    sh0, shN = torch.randn(40, 1, 3, generator=g), torch.randn(40, 15, 3, generator=g)
+    v_colors = torch.randn(2, 40, 3, generator=g)
+    blocks = [sh0.clone().requires_grad_(), shN.clone().requires_grad_()]
+    coeffs = torch.cat([sh0, shN], 1).requires_grad_()
+    by_blocks = _cpu.spherical_harmonics(degree, dirs, [b.expand(2, *b.shape) for b in blocks])
+    whole = _cpu.spherical_harmonics(degree, dirs, coeffs.expand(2, 40, 16, 3))
+    assert_close(by_blocks, whole, rtol=0, atol=0, name="colors")
+    (by_blocks * v_colors).sum().backward()
+    (whole * v_colors).sum().backward()
+    assert_close(torch.cat([b.grad for b in blocks], 1), coeffs.grad, rtol=0, atol=0, name="v_coeffs")
+    assert (blocks[1].grad[:, (degree + 1) ** 2 - 1 :] == 0).all()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_rasterization_takes_sh_blocks(backend):
+    N, C = 200, 2
+    means, quats, scales, opacities, viewmats, Ks = scene(N, C, seed=3)
+    g = torch.Generator().manual_seed(2)
+    sh0, shN = torch.randn(N, 1, 3, generator=g), torch.randn(N, 8, 3, generator=g) * 0.3
+    images, grads = [], []
+    for colors in ((sh0, shN), torch.cat([sh0, shN], 1)):
+        leaves = [c.clone().requires_grad_() for c in ((sh0, shN) if isinstance(colors, tuple) else (colors,))]
+        img, _, _ = rasterization(means, quats, scales, opacities, tuple(leaves) if len(leaves) == 2 else leaves[0],
+                                  viewmats, Ks, 48, 40, sh_degree=2, backend=backend)  # fmt: skip
+        img.square().sum().backward()
+        images.append(img.detach())
+        grads.append(torch.cat([leaf.grad for leaf in leaves], 1))
+    assert_close(*images, rtol=0, atol=0, name="image")
+    assert_close(*grads, rtol=1e-6, atol=1e-7, name="v_sh")
+
+
 @pytest.mark.parametrize("rasterize_mode", ["classic", "antialiased"])
 def test_rasterization_with_fused_projection_matches_torch_projection(rasterize_mode, monkeypatch):
     """rasterization(backend="cpu") with the fused projection/SH vs with the `_torch_impl` ones."""

@@ -131,7 +131,7 @@ class Splat(Method):
         p = self.params
         render, alphas, info = rasterization(
             p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]),
-            torch.cat([p["sh0"], p["shN"]], 1), torch.linalg.inv(c2w), K, width, height,
+            (p["sh0"], p["shN"]), torch.linalg.inv(c2w), K, width, height,
             sh_degree=sh_degree, backgrounds=background.expand(K.shape[0], 3), render_mode="RGB+ED",
             absgrad=self.config.absgrad, backend=self.config.backend,
         )

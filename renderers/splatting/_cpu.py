@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -189,30 +189,34 @@ class _ProjectGaussians(torch.autograd.Function):
 def spherical_harmonics(
     degree: int,
     dirs: Tensor,  # [..., 3], any norm
-    coeffs: Tensor,  # [..., K, 3], K ≥ (degree + 1)²
+    coeffs: Tensor | Sequence[Tensor],  # [..., K, 3], or blocks [..., K_b, 3] along K
 ) -> Tensor:
     """`_torch_impl.spherical_harmonics`, fused: [..., 3] SH colour (without gsplat's +0.5 offset)
-    of degree 0–3 along `dirs`, differentiable w.r.t. dirs and coeffs."""
+    of degree 0–3 along `dirs`, differentiable w.r.t. dirs and coeffs. Coefficients given as blocks
+    (e.g. 3DGS's sh0 and shN) are read in place, without concatenating them."""
     assert 0 <= degree <= 3, f"sh_degree must be 0..3, got {degree}"
-    batch, K = dirs.shape[:-1], coeffs.shape[-2]
-    assert dirs.shape[-1] == 3 and coeffs.shape == (*batch, K, 3), (dirs.shape, coeffs.shape)
+    blocks = (coeffs,) if torch.is_tensor(coeffs) else tuple(coeffs)
+    batch, K = dirs.shape[:-1], sum(b.shape[-2] for b in blocks)
+    for b in blocks:
+        assert dirs.shape[-1] == 3 and b.shape == (*batch, b.shape[-2], 3), (dirs.shape, b.shape)
     assert K >= (degree + 1) ** 2, f"sh_degree={degree} needs K >= {(degree + 1) ** 2}, got {K}"
-    for name, x in (("dirs", dirs), ("coeffs", coeffs)):
+    for name, x in (("dirs", dirs), *(("coeffs", b) for b in blocks)):
         assert x.dtype == torch.float32 and x.device.type == "cpu", f"{name}: expected float32 on CPU, got {x.dtype} on {x.device}"
-    colors = _SphericalHarmonics.apply(int(degree), dirs.reshape(-1, 3).contiguous(), coeffs.reshape(-1, K, 3).contiguous())
+    flat = (b.reshape(-1, b.shape[-2], 3).contiguous() for b in blocks)
+    colors = _SphericalHarmonics.apply(int(degree), dirs.reshape(-1, 3).contiguous(), *flat)
     return colors.reshape(*batch, 3)
 
 
 class _SphericalHarmonics(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, degree, dirs, coeffs):  # [M, 3], [M, K, 3]
+    def forward(ctx, degree, dirs, *blocks):  # [M, 3], [M, K_b, 3] each
         ctx.degree = degree
-        ctx.save_for_backward(dirs, coeffs)
-        return _projection().sh_forward(degree, dirs, coeffs)
+        ctx.save_for_backward(dirs, *blocks)
+        return _projection().sh_forward(degree, dirs, list(blocks))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, v_colors):  # [M, 3]
-        dirs, coeffs = ctx.saved_tensors
-        v_dirs, v_coeffs = _projection().sh_backward(ctx.degree, dirs, coeffs, v_colors.float().contiguous())
-        return None, v_dirs, v_coeffs
+        dirs, *blocks = ctx.saved_tensors
+        v_dirs, *v_blocks = _projection().sh_backward(ctx.degree, dirs, blocks, v_colors.float().contiguous())
+        return None, v_dirs, *v_blocks

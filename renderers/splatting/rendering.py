@@ -53,7 +53,7 @@ def rasterization(
     quats: torch.Tensor,  # [N, 4] wxyz, any norm
     scales: torch.Tensor,  # [N, 3]
     opacities: torch.Tensor,  # [N]
-    colors: torch.Tensor,  # [(C,) N, D] or SH coefficients [(C,) N, K, 3]
+    colors: torch.Tensor | tuple[torch.Tensor, ...],  # [(C,) N, D], SH coefficients [(C,) N, K, 3], or SH blocks along K
     viewmats: torch.Tensor,  # [C, 4, 4] world → camera (OpenCV)
     Ks: torch.Tensor,  # [C, 3, 3]
     width: int,
@@ -83,6 +83,9 @@ def rasterization(
     batch_ids = camera_ids = gaussian_ids = None. On the cpu backend the kernel bins tiles
     itself, so tiles_per_gauss, isect_ids, flatten_ids and isect_offsets are None.
 
+    SH coefficients may also be given as a tuple of blocks [(C,) N, K_b, 3] along K, e.g. 3DGS's
+    (sh0, shN): the cpu backend reads them in place, the others concatenate them.
+
     `packed=True` is accepted but the cpu and torch backends compute the unpacked layout (use
     `packed=False` in gsplat's strategies with them). Other gsplat arguments with non-default
     values raise NotImplementedError except on the gsplat backend.
@@ -94,18 +97,27 @@ def rasterization(
     assert opacities.shape == (N,), f"opacities must be [N={N}], got {tuple(opacities.shape)}"
     assert viewmats.shape == (C, 4, 4), f"viewmats must be [C, 4, 4], got {tuple(viewmats.shape)}"
     assert Ks.shape == (C, 3, 3), f"Ks must be [C={C}, 3, 3], got {tuple(Ks.shape)}"
+    sh_blocks = tuple(colors) if isinstance(colors, (tuple, list)) else None
+    if sh_blocks is not None:
+        assert sh_degree is not None and sh_blocks, "colors given as a tuple are SH coefficient blocks: give sh_degree"
+        assert all(b.shape[:-2] == sh_blocks[0].shape[:-2] and b.shape[-1] == 3 for b in sh_blocks), (
+            f"SH blocks must share [(C,) N] and end in 3, got {[tuple(b.shape) for b in sh_blocks]}"
+        )
+        colors_shape = (*sh_blocks[0].shape[:-2], sum(b.shape[-2] for b in sh_blocks), 3)
+    else:
+        colors_shape = tuple(colors.shape)
     if sh_degree is None:
-        assert (colors.dim() == 2 and colors.shape[0] == N) or (colors.dim() == 3 and colors.shape[:2] == (C, N)), (
-            f"colors must be [N={N}, D] or [C={C}, N, D], got {tuple(colors.shape)}"
+        assert (len(colors_shape) == 2 and colors_shape[0] == N) or (len(colors_shape) == 3 and colors_shape[:2] == (C, N)), (
+            f"colors must be [N={N}, D] or [C={C}, N, D], got {colors_shape}"
         )
     else:
-        assert (colors.dim() == 3 and colors.shape[0] == N) or (colors.dim() == 4 and colors.shape[:2] == (C, N)), (
-            f"SH colors must be [N={N}, K, 3] or [C={C}, N, K, 3], got {tuple(colors.shape)}"
+        assert (len(colors_shape) == 3 and colors_shape[0] == N) or (len(colors_shape) == 4 and colors_shape[:2] == (C, N)), (
+            f"SH colors must be [N={N}, K, 3] or [C={C}, N, K, 3], got {colors_shape}"
         )
-        assert colors.shape[-1] == 3 and (sh_degree + 1) ** 2 <= colors.shape[-2], (
-            f"sh_degree={sh_degree} needs colors [..., K >= {(sh_degree + 1) ** 2}, 3], got {tuple(colors.shape)}"
+        assert colors_shape[-1] == 3 and (sh_degree + 1) ** 2 <= colors_shape[-2], (
+            f"sh_degree={sh_degree} needs colors [..., K >= {(sh_degree + 1) ** 2}, 3], got {colors_shape}"
         )
-    channels = 3 if sh_degree is not None else colors.shape[-1]
+    channels = 3 if sh_degree is not None else colors_shape[-1]
     assert backgrounds is None or backgrounds.shape == (C, channels), (
         f"backgrounds must be [C={C}, D={channels}], got {tuple(backgrounds.shape)}"
     )
@@ -119,6 +131,8 @@ def rasterization(
     if backend == "gsplat":
         import gsplat
 
+        if sh_blocks is not None:
+            colors = torch.cat(sh_blocks, -2)
         return gsplat.rasterization(
             means, quats, scales, opacities, colors, viewmats, Ks, width, height,
             near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d,
@@ -130,6 +144,8 @@ def rasterization(
     # The fused C++ projection and SH give viewmats and Ks no gradient.
     fused = cpu is not None and not (viewmats.requires_grad or Ks.requires_grad)
     project, sh = (cpu.project_gaussians, cpu.spherical_harmonics) if fused else (project_gaussians, spherical_harmonics)
+    if sh_blocks is not None:  # the fused SH reads the blocks in place
+        colors = sh_blocks if fused else torch.cat(sh_blocks, -2)
 
     radii, means2d, depths, conics, compensations = project(
         means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane, radius_clip,
@@ -179,15 +195,22 @@ def rasterization(
 
 
 def _view_colors(
-    colors: torch.Tensor, sh_degree: int | None, means: torch.Tensor, viewmats: torch.Tensor, sh=spherical_harmonics
+    colors: torch.Tensor | tuple[torch.Tensor, ...],
+    sh_degree: int | None,
+    means: torch.Tensor,
+    viewmats: torch.Tensor,
+    sh=spherical_harmonics,
 ) -> torch.Tensor:
-    """[C, N, D] per-view colours; SH as gsplat: direction mean − camera centre, colour clamp(SH + 0.5, 0)."""
+    """[C, N, D] per-view colours; SH as gsplat: direction mean − camera centre, colour clamp(SH + 0.5, 0).
+    SH coefficients given as a tuple of blocks go to `sh` as blocks (only the cpu backend's takes them)."""
     C, N = viewmats.shape[0], means.shape[0]
     if sh_degree is None:
         return _for_cameras(colors, C, (N, colors.shape[-1]))
     campos = torch.inverse(viewmats)[:, :3, 3]  # [C, 3]
     dirs = means[None, :, :] - campos[:, None, :]  # [C, N, 3]
-    coeffs = _for_cameras(colors, C, (N, *colors.shape[-2:]))  # [C, N, K, 3]
+    blocks = colors if isinstance(colors, tuple) else (colors,)
+    coeffs = tuple(_for_cameras(b, C, (N, *b.shape[-2:])) for b in blocks)  # [C, N, K_b, 3] each
+    coeffs = coeffs[0] if len(coeffs) == 1 else coeffs
     return torch.clamp_min(sh(sh_degree, dirs, coeffs) + 0.5, 0.0)
 
 

@@ -403,24 +403,57 @@ std::vector<at::Tensor> project_backward(const at::Tensor& means, const at::Tens
   return {v_means, v_quats, v_scales};
 }
 
+// SH coefficients [M, K, 3] given as blocks [M, K_b, 3] along K (e.g. 3DGS's sh0 and shN), read
+// and written in place: coefficient k of row m is at pointer(m, k).
+template <typename T>
+struct CoefficientBlocks {
+  std::vector<T*> data;
+  std::vector<int64_t> size;  // K_b
+  int64_t K = 0;
+
+  CoefficientBlocks(const std::vector<at::Tensor>& blocks, int64_t M, const char* name) {
+    TORCH_CHECK(!blocks.empty(), name, ": no coefficient blocks");
+    for (const at::Tensor& b : blocks) {
+      check_float(b, name);
+      TORCH_CHECK(b.dim() == 3 && b.size(0) == M && b.size(2) == 3, name, ": blocks must be [M, K_b, 3]");
+      data.push_back(static_cast<T*>(b.data_ptr<float>()));
+      size.push_back(b.size(1));
+      K += b.size(1);
+    }
+  }
+  // The first n coefficients of row m.
+  void row(int64_t m, int64_t n, T** out) const {
+    int64_t k = 0;
+    for (size_t b = 0; b < data.size() && k < n; ++b)
+      for (int64_t j = 0; j < size[b] && k < n; ++j) out[k++] = data[b] + (m * size[b] + j) * 3;
+  }
+};
+
+std::vector<at::Tensor> empty_like_all(const std::vector<at::Tensor>& blocks) {
+  std::vector<at::Tensor> out;
+  for (const at::Tensor& b : blocks) out.push_back(at::empty_like(b));
+  return out;
+}
+
 // colours [M, 3] = sum_k basis_k(dirs / |dirs|) coeffs[:, k] for dirs [M, 3], coeffs [M, K, 3].
-at::Tensor sh_forward(int64_t degree, const at::Tensor& dirs, const at::Tensor& coeffs) {
+at::Tensor sh_forward(int64_t degree, const at::Tensor& dirs, const std::vector<at::Tensor>& coeff_blocks) {
   check_float(dirs, "dirs");
-  check_float(coeffs, "coeffs");
-  TORCH_CHECK(degree >= 0 && degree <= 3 && (degree + 1) * (degree + 1) <= coeffs.size(1));
-  const int64_t M = dirs.size(0), K = coeffs.size(1), B = (degree + 1) * (degree + 1);
+  const int64_t M = dirs.size(0), B = (degree + 1) * (degree + 1);
+  const CoefficientBlocks<const float> coeffs(coeff_blocks, M, "coeffs");
+  TORCH_CHECK(degree >= 0 && degree <= 3 && B <= coeffs.K);
   at::Tensor colors = at::empty({M, 3}, dirs.options());
-  const float *dir = dirs.data_ptr<float>(), *coeff = coeffs.data_ptr<float>();
+  const float* dir = dirs.data_ptr<float>();
   float* out = colors.data_ptr<float>();
   at::parallel_for(0, M, 2048, [&](int64_t begin, int64_t end) {
     float unit[3], basis[16];
+    const float* cm[16];
     for (int64_t m = begin; m < end; ++m) {
       normalize(dir + 3 * m, unit);
       sh_basis(static_cast<int>(degree), unit[0], unit[1], unit[2], basis, nullptr);
-      const float* cm = coeff + m * K * 3;
+      coeffs.row(m, B, cm);
       for (int ch = 0; ch < 3; ++ch) {
         float sum = 0.f;
-        for (int64_t k = 0; k < B; ++k) sum += basis[k] * cm[3 * k + ch];
+        for (int64_t k = 0; k < B; ++k) sum += basis[k] * cm[k][ch];
         out[3 * m + ch] = sum;
       }
     }
@@ -428,36 +461,44 @@ at::Tensor sh_forward(int64_t degree, const at::Tensor& dirs, const at::Tensor& 
   return colors;
 }
 
-// Returns v_dirs [M, 3] and v_coeffs [M, K, 3] (zero beyond the first (degree + 1)^2).
-std::vector<at::Tensor> sh_backward(int64_t degree, const at::Tensor& dirs, const at::Tensor& coeffs,
+// Returns v_dirs [M, 3] and the gradient of each coefficient block (zero beyond the first
+// (degree + 1)^2 coefficients).
+std::vector<at::Tensor> sh_backward(int64_t degree, const at::Tensor& dirs, const std::vector<at::Tensor>& coeff_blocks,
                                     const at::Tensor& v_colors) {
   check_float(dirs, "dirs");
-  check_float(coeffs, "coeffs");
   check_float(v_colors, "v_colors");
-  const int64_t M = dirs.size(0), K = coeffs.size(1), B = (degree + 1) * (degree + 1);
-  at::Tensor v_dirs = at::empty({M, 3}, dirs.options()), v_coeffs = at::empty({M, K, 3}, dirs.options());
-  const float *dir = dirs.data_ptr<float>(), *coeff = coeffs.data_ptr<float>(), *vcol = v_colors.data_ptr<float>();
-  float *vd_out = v_dirs.data_ptr<float>(), *vc_out = v_coeffs.data_ptr<float>();
+  const int64_t M = dirs.size(0), B = (degree + 1) * (degree + 1);
+  const CoefficientBlocks<const float> coeffs(coeff_blocks, M, "coeffs");
+  std::vector<at::Tensor> outputs = empty_like_all(coeff_blocks);
+  const CoefficientBlocks<float> v_coeffs(outputs, M, "v_coeffs");
+  at::Tensor v_dirs = at::empty({M, 3}, dirs.options());
+  const float *dir = dirs.data_ptr<float>(), *vcol = v_colors.data_ptr<float>();
+  float* vd_out = v_dirs.data_ptr<float>();
+  const int64_t K = coeffs.K;
   at::parallel_for(0, M, 2048, [&](int64_t begin, int64_t end) {
     float unit[3], basis[16], d_basis[16][3];
+    std::vector<const float*> cm(K);
+    std::vector<float*> vcm(K);
     for (int64_t m = begin; m < end; ++m) {
       const float norm = normalize(dir + 3 * m, unit);
       sh_basis(static_cast<int>(degree), unit[0], unit[1], unit[2], basis, d_basis);
-      const float *cm = coeff + m * K * 3, *vc = vcol + 3 * m;
-      float* vcm = vc_out + m * K * 3;
+      coeffs.row(m, B, cm.data());
+      v_coeffs.row(m, K, vcm.data());
+      const float* vc = vcol + 3 * m;
       float v_unit[3] = {0.f, 0.f, 0.f};
       for (int64_t k = 0; k < B; ++k) {
-        const float v_basis = cm[3 * k] * vc[0] + cm[3 * k + 1] * vc[1] + cm[3 * k + 2] * vc[2];
-        for (int ch = 0; ch < 3; ++ch) vcm[3 * k + ch] = basis[k] * vc[ch];
+        const float v_basis = cm[k][0] * vc[0] + cm[k][1] * vc[1] + cm[k][2] * vc[2];
+        for (int ch = 0; ch < 3; ++ch) vcm[k][ch] = basis[k] * vc[ch];
         for (int i = 0; i < 3; ++i) v_unit[i] += v_basis * d_basis[k][i];
       }
-      std::fill(vcm + 3 * B, vcm + 3 * K, 0.f);
+      for (int64_t k = B; k < K; ++k) std::fill(vcm[k], vcm[k] + 3, 0.f);
       // unit = dir / max(|dir|, eps): the norm only carries gradient when it exceeds eps
       const float dot = norm > kNormEps ? v_unit[0] * unit[0] + v_unit[1] * unit[1] + v_unit[2] * unit[2] : 0.f;
       for (int i = 0; i < 3; ++i) vd_out[3 * m + i] = (v_unit[i] - unit[i] * dot) / norm;
     }
   });
-  return {v_dirs, v_coeffs};
+  outputs.insert(outputs.begin(), v_dirs);
+  return outputs;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

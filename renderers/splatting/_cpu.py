@@ -112,13 +112,13 @@ class _RasterizeToPixels(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, v_render_colors, v_render_alphas):  # [C, H, W, D], [C, H, W, 1]
-        means2d, conics, colors, opacities, bg, T_final, last_ids, tile_offsets, isect_ids, isect_slots, gauss_offsets = (
+        means2d, conics, colors, opacities, bg, T_final, last_ids, tile_offsets, isect_ids, isect_slots, gauss_offsets, splats = (
             ctx.saved_tensors
         )
         width, height, tile_size, absgrad = ctx.config
         v_means2d, v_conics, v_colors, v_opacities, v_abs = _extension().backward(
             means2d.contiguous(), conics, colors, opacities, bg, width, height, tile_size,
-            T_final, last_ids, tile_offsets, isect_ids, isect_slots, gauss_offsets,
+            T_final, last_ids, tile_offsets, isect_ids, isect_slots, gauss_offsets, splats,
             v_render_colors.float().contiguous(), v_render_alphas.float().contiguous(), absgrad,
         )
         if absgrad:

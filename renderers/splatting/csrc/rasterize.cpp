@@ -6,7 +6,7 @@
 // when transmittance would drop to <= 1e-4, background weighted by the final transmittance.
 //
 // Each call bins Gaussians to tiles (count, prefix sum, fill in global depth order) and then works
-// on (camera, tile) pairs in parallel. The backward writes per-Gaussian gradients to one slot per
+// on (camera, tile) pairs in parallel, in one OpenMP region per pass (waking threads is costly). The backward writes per-Gaussian gradients to one slot per
 // (Gaussian, tile) intersection and sums each Gaussian's slots at the end: no atomics, and results
 // do not depend on the thread count.
 #include <torch/extension.h>
@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <vector>
 
 namespace {
@@ -75,21 +76,20 @@ struct Problem {
   const float* colors;       // [C, N, D]
   const float* opacities;    // [C, N]
   const float* backgrounds;  // [C, D] or nullptr
-  std::vector<Splat> splats;  // [C * N]
+  Splat* splats;              // [C * N]: prepared by the forward, kept for the backward
   const int32_t* tile_offsets = nullptr;  // [C * TH * TW + 1]
   const int32_t* isect_ids = nullptr;     // [n_isects] flat Gaussian index, depth-sorted per tile
 
   Problem(const at::Tensor& means2d_, const at::Tensor& conics_, const at::Tensor& colors_,
           const at::Tensor& opacities_, const c10::optional<at::Tensor>& backgrounds_, int width, int height,
-          int tile_size)
+          int tile_size, const at::Tensor& splat_bytes)
       : C(means2d_.size(0)), N(means2d_.size(1)), D(colors_.size(2)), W(width), H(height), ts(tile_size),
         TW((width + tile_size - 1) / tile_size), TH((height + tile_size - 1) / tile_size),
         means2d(means2d_.data_ptr<float>()), conics(conics_.data_ptr<float>()),
         colors(colors_.data_ptr<float>()), opacities(opacities_.data_ptr<float>()),
-        backgrounds(backgrounds_ ? backgrounds_->data_ptr<float>() : nullptr), splats(C * N) {
-    at::parallel_for(0, C * N, 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t g = begin; g < end; ++g) splats[g] = prepare(means2d + 2 * g, conics + 3 * g, opacities[g]);
-    });
+        backgrounds(backgrounds_ ? backgrounds_->data_ptr<float>() : nullptr),
+        splats(reinterpret_cast<Splat*>(splat_bytes.data_ptr<uint8_t>())) {
+    TORCH_CHECK(splat_bytes.numel() == C * N * static_cast<int64_t>(sizeof(Splat)), "rasterize: bad splat buffer");
   }
 
   int64_t tiles() const { return C * TH * TW; }
@@ -143,19 +143,9 @@ std::vector<int32_t> sort_by_key(const std::vector<uint32_t>& key, std::vector<i
   return items;
 }
 
-Bins bin_gaussians(const Problem& P, const at::Tensor& radii, const at::Tensor& depths) {
+// Tile lists from each Gaussian's tiles and depth key (serial).
+Bins bin_gaussians(const Problem& P, const std::vector<TileRect>& rects, const std::vector<uint32_t>& keys) {
   const int64_t G = P.C * P.N, T = P.tiles();
-  const int32_t* rad = radii.data_ptr<int32_t>();
-  const float* dep = depths.data_ptr<float>();
-  std::vector<TileRect> rects(G);
-  std::vector<uint32_t> keys(G);
-  at::parallel_for(0, G, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t g = begin; g < end; ++g) {
-      rects[g] = tile_rect(P, rad, g);
-      keys[g] = depth_key(dep[g]);
-    }
-  });
-
   auto opts = at::TensorOptions().dtype(at::kInt);
   Bins b{at::empty({T + 1}, opts), at::Tensor(), at::Tensor(), at::empty({G + 1}, opts)};
   int32_t* goff = b.gauss_offsets.data_ptr<int32_t>();
@@ -195,16 +185,6 @@ Bins bin_gaussians(const Problem& P, const at::Tensor& radii, const at::Tensor& 
       }
   }
   return b;
-}
-
-// Runs body(tile) for every (camera, tile), dynamically scheduled on torch's thread count.
-template <typename Body>
-void for_each_tile(const Problem& P, Body body) {
-#pragma omp parallel num_threads(at::get_num_threads())
-  {
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < P.tiles(); ++t) body(t);
-  }
 }
 
 // ---------------------------------------------------------------- vectors
@@ -529,17 +509,64 @@ void dispatch_channels(int64_t D, Args&&... args) {
   }
 }
 
+// One OpenMP region on torch's thread count: prepare every Gaussian, bin (one thread), then the
+// (camera, tile) pairs, dynamically scheduled. Sets P's tile lists.
 template <int DC>
 struct Forward {
-  static void run(const Problem& P, const ForwardOut& out) {
-    for_each_tile(P, [&](int64_t t) { forward_tile<DC>(P, t, out); });
+  static void run(Problem& P, const int32_t* radii, const float* depths, Bins& bins, const ForwardOut& out) {
+    const int64_t G = P.C * P.N;
+    std::vector<TileRect> rects(G);
+    std::vector<uint32_t> keys(G);
+    std::exception_ptr error;
+#pragma omp parallel num_threads(at::get_num_threads())
+    {
+#pragma omp for schedule(static)
+      for (int64_t g = 0; g < G; ++g) {
+        P.splats[g] = prepare(P.means2d + 2 * g, P.conics + 3 * g, P.opacities[g]);
+        rects[g] = tile_rect(P, radii, g);
+        keys[g] = depth_key(depths[g]);
+      }
+#pragma omp single
+      try {
+        bins = bin_gaussians(P, rects, keys);
+        P.tile_offsets = bins.tile_offsets.data_ptr<int32_t>();
+        P.isect_ids = bins.isect_ids.data_ptr<int32_t>();
+      } catch (...) {
+        error = std::current_exception();
+      }
+      const int64_t tiles = error ? 0 : P.tiles();
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < tiles; ++t) forward_tile<DC>(P, t, out);
+    }
+    if (error) std::rethrow_exception(error);
   }
 };
 
+// Where the backward sums a Gaussian's slots: out[g * count + k] = sum of slot entry first + k.
+struct GradientPart {
+  float* out;
+  int64_t first, count;
+};
+
+// One OpenMP region: the (camera, tile) pairs, then each Gaussian's slot sums.
 template <int DC>
 struct Backward {
-  static void run(const Problem& P, const BackwardIn& in) {
-    for_each_tile(P, [&](int64_t t) { backward_tile<DC>(P, t, in); });
+  static void run(const Problem& P, const BackwardIn& in, const int32_t* gauss_offsets,
+                  const std::vector<GradientPart>& parts) {
+    const int64_t K = in.K;
+#pragma omp parallel num_threads(at::get_num_threads())
+    {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < P.tiles(); ++t) backward_tile<DC>(P, t, in);
+      std::vector<float> sum(K);
+#pragma omp for schedule(static)
+      for (int64_t g = 0; g < P.C * P.N; ++g) {  // slots of g are contiguous, in tile order
+        std::fill(sum.begin(), sum.end(), 0.f);
+        for (int32_t j = gauss_offsets[g]; j < gauss_offsets[g + 1]; ++j)
+          for (int64_t k = 0; k < K; ++k) sum[k] += in.grads[j * K + k];
+        for (const GradientPart& part : parts) std::copy_n(sum.begin() + part.first, part.count, part.out + g * part.count);
+      }
+    }
   }
 };
 
@@ -555,7 +582,8 @@ void check_inputs(const at::Tensor& means2d, const at::Tensor& conics, const at:
 }  // namespace
 
 // Returns render_colors [C, H, W, D], render_alphas [C, H, W, 1], and what the backward needs:
-// T_final [C, H, W], last_ids [C, H, W], tile_offsets, isect_ids, isect_slots, gauss_offsets.
+// T_final [C, H, W], last_ids [C, H, W], tile_offsets, isect_ids, isect_slots, gauss_offsets and
+// the prepared splats (bytes).
 std::vector<at::Tensor> rasterize_forward(const at::Tensor& means2d, const at::Tensor& conics,
                                           const at::Tensor& colors, const at::Tensor& opacities,
                                           const at::Tensor& depths, const at::Tensor& radii,
@@ -564,10 +592,10 @@ std::vector<at::Tensor> rasterize_forward(const at::Tensor& means2d, const at::T
   check_inputs(means2d, conics, colors, opacities, backgrounds);
   TORCH_CHECK(radii.is_contiguous() && radii.scalar_type() == at::kInt && radii.size(-1) == 2);
   TORCH_CHECK(depths.is_contiguous() && depths.scalar_type() == at::kFloat);
-  Problem P(means2d, conics, colors, opacities, backgrounds, width, height, tile_size);
-  const Bins bins = bin_gaussians(P, radii, depths);
-  P.tile_offsets = bins.tile_offsets.data_ptr<int32_t>();
-  P.isect_ids = bins.isect_ids.data_ptr<int32_t>();
+  TORCH_CHECK(radii.numel() == 2 * means2d.size(0) * means2d.size(1) && depths.numel() == radii.numel() / 2);
+  const int64_t G = means2d.size(0) * means2d.size(1);
+  at::Tensor splat_bytes = at::empty({G * static_cast<int64_t>(sizeof(Splat))}, means2d.options().dtype(at::kByte));
+  Problem P(means2d, conics, colors, opacities, backgrounds, width, height, tile_size, splat_bytes);
 
   auto f32 = means2d.options();
   at::Tensor render_colors = at::empty({P.C, height, width, P.D}, f32);
@@ -576,9 +604,10 @@ std::vector<at::Tensor> rasterize_forward(const at::Tensor& means2d, const at::T
   at::Tensor last_ids = at::empty({P.C, height, width}, f32.dtype(at::kInt));
   const ForwardOut out{render_colors.data_ptr<float>(), render_alphas.data_ptr<float>(), T_final.data_ptr<float>(),
                        last_ids.data_ptr<int32_t>()};
-  dispatch_channels<Forward>(P.D, P, out);
-  return {render_colors, render_alphas, T_final, last_ids,
-          bins.tile_offsets, bins.isect_ids, bins.isect_slots, bins.gauss_offsets};
+  Bins bins;
+  dispatch_channels<Forward>(P.D, P, radii.data_ptr<int32_t>(), depths.data_ptr<float>(), bins, out);
+  return {render_colors, render_alphas, T_final, last_ids, bins.tile_offsets,
+          bins.isect_ids, bins.isect_slots, bins.gauss_offsets, splat_bytes};
 }
 
 // Returns v_means2d [C, N, 2], v_conics [C, N, 3], v_colors [C, N, D], v_opacities [C, N] and,
@@ -588,10 +617,11 @@ std::vector<at::Tensor> rasterize_backward(
     const c10::optional<at::Tensor>& backgrounds, int64_t width, int64_t height, int64_t tile_size,
     const at::Tensor& T_final, const at::Tensor& last_ids, const at::Tensor& tile_offsets,
     const at::Tensor& isect_ids, const at::Tensor& isect_slots, const at::Tensor& gauss_offsets,
-    const at::Tensor& v_render_colors, const at::Tensor& v_render_alphas, bool absgrad) {
+    const at::Tensor& splat_bytes, const at::Tensor& v_render_colors, const at::Tensor& v_render_alphas,
+    bool absgrad) {
   check_inputs(means2d, conics, colors, opacities, backgrounds);
   TORCH_CHECK(v_render_colors.is_contiguous() && v_render_alphas.is_contiguous());
-  Problem P(means2d, conics, colors, opacities, backgrounds, width, height, tile_size);
+  Problem P(means2d, conics, colors, opacities, backgrounds, width, height, tile_size, splat_bytes);
   P.tile_offsets = tile_offsets.data_ptr<int32_t>();
   P.isect_ids = isect_ids.data_ptr<int32_t>();
 
@@ -600,31 +630,17 @@ std::vector<at::Tensor> rasterize_backward(
   const BackwardIn in{T_final.data_ptr<float>(), last_ids.data_ptr<int32_t>(), v_render_colors.data_ptr<float>(),
                       v_render_alphas.data_ptr<float>(), isect_slots.data_ptr<int32_t>(), grads.data_ptr<float>(),
                       K, absgrad};
-  dispatch_channels<Backward>(P.D, P, in);
-
-  // Sum each Gaussian's slots (contiguous, in tile order) straight into the outputs.
+  // Each Gaussian's slots are summed straight into the outputs.
   const auto f32 = means2d.options();
   at::Tensor v_means2d = at::empty({P.C, P.N, 2}, f32), v_conics = at::empty({P.C, P.N, 3}, f32);
   at::Tensor v_colors = at::empty({P.C, P.N, P.D}, f32), v_opacities = at::empty({P.C, P.N}, f32);
   at::Tensor v_abs = absgrad ? at::empty({P.C, P.N, 2}, f32) : at::Tensor();
-  struct Part {
-    float* out;
-    int64_t first, count;  // slot entries
-  };
-  std::vector<Part> parts{{v_means2d.data_ptr<float>(), kSlotMean, 2}, {v_conics.data_ptr<float>(), kSlotConic, 3},
-                          {v_opacities.data_ptr<float>(), kSlotOpacity, 1}, {v_colors.data_ptr<float>(), kSlotColor, P.D}};
+  std::vector<GradientPart> parts{{v_means2d.data_ptr<float>(), kSlotMean, 2},
+                                  {v_conics.data_ptr<float>(), kSlotConic, 3},
+                                  {v_opacities.data_ptr<float>(), kSlotOpacity, 1},
+                                  {v_colors.data_ptr<float>(), kSlotColor, P.D}};
   if (absgrad) parts.push_back({v_abs.data_ptr<float>(), kSlotColor + P.D, 2});
-  const int32_t* goff = gauss_offsets.data_ptr<int32_t>();
-  const float* src = grads.data_ptr<float>();
-  at::parallel_for(0, P.C * P.N, 1024, [&](int64_t begin, int64_t end) {
-    std::vector<float> sum(K);
-    for (int64_t g = begin; g < end; ++g) {
-      std::fill(sum.begin(), sum.end(), 0.f);
-      for (int32_t j = goff[g]; j < goff[g + 1]; ++j)
-        for (int64_t k = 0; k < K; ++k) sum[k] += src[j * K + k];
-      for (const Part& part : parts) std::copy_n(sum.begin() + part.first, part.count, part.out + g * part.count);
-    }
-  });
+  dispatch_channels<Backward>(P.D, P, in, gauss_offsets.data_ptr<int32_t>(), parts);
   return {v_means2d, v_conics, v_colors, v_opacities, v_abs};
 }
 

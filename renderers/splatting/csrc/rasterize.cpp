@@ -282,43 +282,56 @@ inline void shade(const Splat& s, Eval& e) {
   e.ok = (e.sigma >= 0.f) & (e.alpha >= kAlphaMin);
 }
 
-// Pixel layout of one (camera, tile): rows of `chunks` vectors; lane l of chunk j in row y is
-// pixel (x0 + j * kLanes + l, y). Lanes past the image edge exist but never contribute.
+// Pixel layout of one (camera, tile): per-pixel values in rows of `row` = chunks * kLanes lanes;
+// pixel (x, y) is lane (y - y0) * row + (x - x0). Lanes past the image edge exist but never
+// contribute. A Gaussian is evaluated on vectors of kLanes consecutive lanes of a row starting at
+// any column (unaligned), so that one as narrow as kLanes pixels needs one vector per row.
 struct Tile {
   int64_t cam;
-  int x0, x1, y0, y1, chunks;
-  Tile(const Problem& P, int64_t t) : cam(t / (P.TH * P.TW)), chunks((P.ts + kLanes - 1) / kLanes) {
+  int x0, x1, y0, y1, row;
+  Tile(const Problem& P, int64_t t) : cam(t / (P.TH * P.TW)), row((P.ts + kLanes - 1) / kLanes * kLanes) {
     const int64_t rem = t % (P.TH * P.TW);
     x0 = static_cast<int>(rem % P.TW) * P.ts;
     y0 = static_cast<int>(rem / P.TW) * P.ts;
     x1 = std::min(P.W, x0 + P.ts);
     y1 = std::min(P.H, y0 + P.ts);
   }
-  int vectors() const { return (y1 - y0) * chunks; }
+  int lanes() const { return (y1 - y0) * row; }
   int pixels() const { return (x1 - x0) * (y1 - y0); }
-  int lane_index(int x, int y) const { return ((y - y0) * chunks) * kLanes + (x - x0); }  // into float views
+  int lane_index(int x, int y) const { return (y - y0) * row + (x - x0); }
   int64_t global(const Problem& P, int x, int y) const { return (cam * P.H + y) * P.W + x; }  // [C, H, W]
-  vf px(int j) const { return lane_offsets() + static_cast<float>(x0 + j * kLanes) + 0.5f; }
-  vi outside(int j) const { return lane_offsets() + static_cast<float>(x0 + j * kLanes) >= static_cast<float>(x1); }
+  vf px(int column) const { return lane_offsets() + static_cast<float>(x0 + column) + 0.5f; }  // pixel centres
 };
 
-// Rows [y_lo, y_hi) and chunks [j_lo, j_hi) of a tile that a splat may touch (1 px margin).
+// Rows [y_lo, y_hi) of a tile that a splat may touch (1 px margin), and the vectors covering its
+// columns: `chunks` of them, contiguous, from tile column x_off.
 struct Box {
-  int y_lo, y_hi, j_lo, j_hi;
-  Box(const Splat& s, const Tile& tile) : y_lo(tile.y0), y_hi(tile.y1), j_lo(0), j_hi(tile.chunks) {
+  int y_lo, y_hi, x_off, chunks;
+  Box(const Splat& s, const Tile& tile) : y_lo(tile.y0), y_hi(tile.y1), x_off(0), chunks(tile.row / kLanes) {
     if (s.kind == Splat::kInvisible) y_hi = y_lo;
     if (s.kind != Splat::kEllipse) return;
     y_lo = clamp_to_int(std::floor(s.y - 0.5f - s.y_ext), tile.y0, tile.y1);
     y_hi = clamp_to_int(std::ceil(s.y - 0.5f + s.y_ext) + 1.f, tile.y0, tile.y1);
     const int x_lo = clamp_to_int(std::floor(s.x - 0.5f - s.x_ext), tile.x0, tile.x1);
     const int x_hi = clamp_to_int(std::ceil(s.x - 0.5f + s.x_ext) + 1.f, tile.x0, tile.x1);
-    j_lo = (x_lo - tile.x0) / kLanes;
-    j_hi = x_lo < x_hi ? (x_hi - tile.x0 + kLanes - 1) / kLanes : j_lo;
+    chunks = (std::max(x_hi - x_lo, 0) + kLanes - 1) / kLanes;
+    x_off = std::min(x_lo - tile.x0, tile.row - chunks * kLanes);  // stays inside the row
   }
 };
 
-inline float* lanes(std::vector<vf>& v) { return reinterpret_cast<float*>(v.data()); }
-inline int32_t* lanes(std::vector<vi>& v) { return reinterpret_cast<int32_t*>(v.data()); }
+// kLanes values at any lane (unaligned).
+inline vf load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline vi load(const int32_t* p) {
+  vi v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline void store(int32_t* p, vi v) { std::memcpy(p, &v, sizeof v); }
 
 // ---------------------------------------------------------------- forward
 
@@ -334,11 +347,12 @@ template <int DC>
 void forward_tile(const Problem& P, int64_t t, const ForwardOut& out) {
   const int64_t D = DC ? DC : P.D;
   const Tile tile(P, t);
-  const int nv = tile.vectors();
-  // Per pixel: transmittance, accumulated colour (channel-major), last contributor, done mask.
-  std::vector<vf> T(nv, bc(1.f)), acc(D * nv, bc(0.f));
-  std::vector<vi> last(nv, bci(-1)), done(nv);
-  for (int v = 0; v < nv; ++v) done[v] = tile.outside(v % tile.chunks);
+  const int n = tile.lanes();
+  // Per pixel: transmittance, accumulated colour (channel-major), last contributor, done mask
+  // (-1: stopped, or past the image edge).
+  std::vector<float> T(n, 1.f), acc(D * n, 0.f);
+  std::vector<int32_t> last(n, -1), done(n, 0);
+  for (int l = 0; l < n; ++l) done[l] = tile.x0 + l % tile.row >= tile.x1 ? -1 : 0;
   int n_todo = tile.pixels();
 
   const int32_t begin = P.tile_offsets[t], end = P.tile_offsets[t + 1];
@@ -349,24 +363,27 @@ void forward_tile(const Problem& P, int64_t t, const ForwardOut& out) {
     const float* col = P.colors + g * D;
     const Box box(s, tile);
     vi stopped = bci(0);
-    for (int j = box.j_lo; j < box.j_hi; ++j) {
-      const Column column(s, tile.px(j));
+    for (int j = 0; j < box.chunks; ++j) {
+      const int column_off = box.x_off + j * kLanes;
+      const Column column(s, tile.px(column_off));
       for (int y = box.y_lo; y < box.y_hi; ++y) {
         const float dy = s.y - (y + 0.5f);
-        const int v = (y - tile.y0) * tile.chunks + j;
+        const int l = (y - tile.y0) * tile.row + column_off;
         Eval e = gauss(s, column, dy);
-        const vi live = ~done[v] & may_pass(s, e);
+        const vi done_l = load(&done[l]);
+        const vi live = ~done_l & may_pass(s, e);
         if (!any(live)) continue;
         shade(s, e);
         const vi ok = e.ok & live;
-        const vf next_T = T[v] * (1.f - e.alpha);
+        const vf T_l = load(&T[l]);
+        const vf next_T = T_l * (1.f - e.alpha);
         const vi stop = ok & (next_T <= kTransmittanceMin);  // exclusive: not added
         const vi add = ok & ~stop;
-        const vf w = select(add, e.alpha * T[v], bc(0.f));
-        for (int64_t k = 0; k < D; ++k) acc[k * nv + v] += col[k] * w;
-        T[v] = select(add, next_T, T[v]);
-        last[v] = add ? bci(i) : last[v];
-        done[v] |= stop;
+        const vf w = select(add, e.alpha * T_l, bc(0.f));
+        for (int64_t k = 0; k < D; ++k) store(&acc[k * n + l], load(&acc[k * n + l]) + col[k] * w);
+        store(&T[l], select(add, next_T, T_l));
+        store(&last[l], add ? bci(i) : load(&last[l]));
+        store(&done[l], done_l | stop);
         stopped += stop;
       }
     }
@@ -374,17 +391,14 @@ void forward_tile(const Problem& P, int64_t t, const ForwardOut& out) {
   }
 
   const float* bg = P.backgrounds ? P.backgrounds + tile.cam * D : nullptr;
-  const float *T_l = lanes(T), *acc_l = lanes(acc);
-  const int32_t* last_l = lanes(last);
-  const int64_t stride = static_cast<int64_t>(nv) * kLanes;  // between channels in acc
   for (int y = tile.y0; y < tile.y1; ++y) {
     for (int x = tile.x0; x < tile.x1; ++x) {
-      const int p = tile.lane_index(x, y);
+      const int l = tile.lane_index(x, y);
       const int64_t q = tile.global(P, x, y);
-      for (int64_t k = 0; k < D; ++k) out.colors[q * D + k] = acc_l[k * stride + p] + (bg ? T_l[p] * bg[k] : 0.f);
-      out.alphas[q] = 1.f - T_l[p];
-      out.T_final[q] = T_l[p];
-      out.last[q] = last_l[p];
+      for (int64_t k = 0; k < D; ++k) out.colors[q * D + k] = acc[k * n + l] + (bg ? T[l] * bg[k] : 0.f);
+      out.alphas[q] = 1.f - T[l];
+      out.T_final[q] = T[l];
+      out.last[q] = last[l];
     }
   }
 }
@@ -406,28 +420,27 @@ template <int DC>
 void backward_tile(const Problem& P, int64_t t, const BackwardIn& in) {
   const int64_t D = DC ? DC : P.D;
   const Tile tile(P, t);
-  const int nv = tile.vectors();
+  const int n = tile.lanes();
   const float* bg = P.backgrounds ? P.backgrounds + tile.cam * D : nullptr;
   // Per pixel: running transmittance (recovered back to front), last list position, dL/dcolour
   // and the colour of what lies behind (channel-major), and T_final dL/d(1 - T_final) net of the
   // background term.
-  std::vector<vf> T(nv, bc(1.f)), v_T_final(nv, bc(0.f)), v_col(D * nv, bc(0.f)), behind(D * nv, bc(0.f));
-  std::vector<vi> last(nv, bci(-1));
-  const int64_t stride = static_cast<int64_t>(nv) * kLanes;
+  std::vector<float> T(n, 1.f), v_T_final(n, 0.f), v_col(D * n, 0.f), behind(D * n, 0.f);
+  std::vector<int32_t> last(n, -1);
   int32_t last_max = -1;
   for (int y = tile.y0; y < tile.y1; ++y) {
     for (int x = tile.x0; x < tile.x1; ++x) {
-      const int p = tile.lane_index(x, y);
+      const int l = tile.lane_index(x, y);
       const int64_t q = tile.global(P, x, y);
-      lanes(T)[p] = in.T_final[q];
-      lanes(last)[p] = in.last[q];
+      T[l] = in.T_final[q];
+      last[l] = in.last[q];
       last_max = std::max(last_max, in.last[q]);
       float bg_dot = 0.f;
       for (int64_t k = 0; k < D; ++k) {
-        lanes(v_col)[k * stride + p] = in.v_colors[q * D + k];
+        v_col[k * n + l] = in.v_colors[q * D + k];
         if (bg) bg_dot += bg[k] * in.v_colors[q * D + k];
       }
-      lanes(v_T_final)[p] = in.T_final[q] * (in.v_alphas[q] - bg_dot);
+      v_T_final[l] = in.T_final[q] * (in.v_alphas[q] - bg_dot);
     }
   }
 
@@ -446,31 +459,33 @@ void backward_tile(const Problem& P, int64_t t, const BackwardIn& in) {
     const Box box(s, tile);
     std::fill(grad, grad + K, bc(0.f));
     bool touched = false;
-    for (int j = box.j_lo; j < box.j_hi; ++j) {
-      const Column column(s, tile.px(j));
+    for (int j = 0; j < box.chunks; ++j) {
+      const int column_off = box.x_off + j * kLanes;
+      const Column column(s, tile.px(column_off));
       // sigma's gradient, summed over the column's rows as v_sigma, v_sigma dy and v_sigma dy^2:
       // with dx fixed, the mean and conic gradients are linear in these sums.
       vf v_sigma_sum = bc(0.f), v_sigma_dy = bc(0.f), v_sigma_dy2 = bc(0.f);
       for (int y = box.y_lo; y < box.y_hi; ++y) {
         const float dy = s.y - (y + 0.5f);
-        const int v = (y - tile.y0) * tile.chunks + j;
+        const int l = (y - tile.y0) * tile.row + column_off;
         Eval e = gauss(s, column, dy);
-        const vi listed = (bci(i) <= last[v]) & may_pass(s, e);  // as the forward's live lanes
+        const vi listed = (bci(i) <= load(&last[l])) & may_pass(s, e);  // as the forward's live lanes
         if (!any(listed)) continue;
         shade(s, e);
         const vi valid = e.ok & listed;
         if (!any(valid)) continue;
         touched = true;
         const vf ra = 1.f / (1.f - e.alpha);
-        T[v] = select(valid, T[v] * ra, T[v]);  // transmittance in front of this Gaussian
-        const vf w = select(valid, e.alpha * T[v], bc(0.f));
-        vf v_alpha = ra * v_T_final[v];
+        const vf T_behind = load(&T[l]);
+        const vf T_l = select(valid, T_behind * ra, T_behind);  // transmittance in front of this Gaussian
+        store(&T[l], T_l);
+        const vf w = select(valid, e.alpha * T_l, bc(0.f));
+        vf v_alpha = ra * load(&v_T_final[l]);
         for (int64_t k = 0; k < D; ++k) {
-          const vf vc = v_col[k * nv + v];
-          vf& b = behind[k * nv + v];
+          const vf vc = load(&v_col[k * n + l]), b = load(&behind[k * n + l]);
           grad[kSlotColor + k] += w * vc;
-          v_alpha += (col[k] * T[v] - b * ra) * vc;
-          b += col[k] * w;
+          v_alpha += (col[k] * T_l - b * ra) * vc;
+          store(&behind[k * n + l], b + col[k] * w);
         }
         const vi unclamped = valid & (s.o * e.vis <= kAlphaMax);  // no gradient through the clamp
         const vf v_opacity = select(unclamped, e.vis * v_alpha, bc(0.f));

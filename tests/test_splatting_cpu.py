@@ -242,3 +242,20 @@ def test_thread_count_does_not_change_results():
         torch.set_num_threads(threads)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_strided_image_gradients():
+    """Autograd may hand the backward expanded or permuted image gradients: they give the same
+    gradients as contiguous copies."""
+    width, height = 40, 30
+    scene = make_scene(2, 200, 3, width, height, seed=11)
+    v_colors = torch.randn(2, 1, width, 3).expand(2, height, width, 3)  # stride 0 along H
+    v_alphas = torch.randn(2, width, height, 1).transpose(1, 2)  # permuted
+    results = []
+    for v_c, v_a in ((v_colors, v_alphas), (v_colors.contiguous(), v_alphas.contiguous())):
+        leaves = [scene[k].clone().requires_grad_() for k in ("means2d", "conics", "colors", "opacities")]
+        colors, alphas = _cpu.rasterize_to_pixels(*leaves, scene["depths"], scene["radii"], None, width, height)
+        torch.autograd.backward([colors, alphas], [v_c, v_a])
+        results.append([leaf.grad for leaf in leaves])
+    for strided, contiguous in zip(*results):
+        assert torch.equal(strided, contiguous)

@@ -119,7 +119,7 @@ class _RasterizeToPixels(torch.autograd.Function):
         v_means2d, v_conics, v_colors, v_opacities, v_abs = _extension().backward(
             means2d.contiguous(), conics, colors, opacities, bg, width, height, tile_size,
             T_final, last_ids, tile_offsets, isect_ids, isect_slots, gauss_offsets, splats,
-            v_render_colors.float().contiguous(), v_render_alphas.float().contiguous(), absgrad,
+            v_render_colors.float(), v_render_alphas.float(), absgrad,  # any strides
         )
         if absgrad:
             means2d.absgrad = v_abs if getattr(means2d, "absgrad", None) is None else means2d.absgrad + v_abs

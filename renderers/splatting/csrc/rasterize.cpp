@@ -405,12 +405,25 @@ void forward_tile(const Problem& P, int64_t t, const ForwardOut& out) {
 
 // ---------------------------------------------------------------- backward
 
+// A [C, H, W, D] image gradient with any strides (autograd often hands over expanded ones).
+struct ImageGrad {
+  const float* data;
+  int64_t stride[4];
+  explicit ImageGrad(const at::Tensor& x) : data(x.data_ptr<float>()) {
+    TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat, "rasterize: image gradients must be float32 [C, H, W, D]");
+    for (int d = 0; d < 4; ++d) stride[d] = x.stride(d);
+  }
+  float at(int64_t c, int y, int x, int64_t k) const {
+    return data[c * stride[0] + y * stride[1] + x * stride[2] + k * stride[3]];
+  }
+};
+
 struct BackwardIn {
-  const float* T_final;   // [C, H, W]
-  const int32_t* last;    // [C, H, W]
-  const float* v_colors;  // [C, H, W, D]
-  const float* v_alphas;  // [C, H, W]
-  const int32_t* slots;   // [n_isects]
+  const float* T_final;  // [C, H, W]
+  const int32_t* last;   // [C, H, W]
+  ImageGrad v_colors;    // [C, H, W, D]
+  ImageGrad v_alphas;    // [C, H, W, 1]
+  const int32_t* slots;  // [n_isects]
   float* grads;           // [n_isects, K] gradient slots, each written once
   int64_t K;
   bool absgrad;
@@ -437,10 +450,10 @@ void backward_tile(const Problem& P, int64_t t, const BackwardIn& in) {
       last_max = std::max(last_max, in.last[q]);
       float bg_dot = 0.f;
       for (int64_t k = 0; k < D; ++k) {
-        v_col[k * n + l] = in.v_colors[q * D + k];
-        if (bg) bg_dot += bg[k] * in.v_colors[q * D + k];
+        v_col[k * n + l] = in.v_colors.at(tile.cam, y, x, k);
+        if (bg) bg_dot += bg[k] * v_col[k * n + l];
       }
-      v_T_final[l] = in.T_final[q] * (in.v_alphas[q] - bg_dot);
+      v_T_final[l] = in.T_final[q] * (in.v_alphas.at(tile.cam, y, x, 0) - bg_dot);
     }
   }
 
@@ -635,15 +648,14 @@ std::vector<at::Tensor> rasterize_backward(
     const at::Tensor& splat_bytes, const at::Tensor& v_render_colors, const at::Tensor& v_render_alphas,
     bool absgrad) {
   check_inputs(means2d, conics, colors, opacities, backgrounds);
-  TORCH_CHECK(v_render_colors.is_contiguous() && v_render_alphas.is_contiguous());
   Problem P(means2d, conics, colors, opacities, backgrounds, width, height, tile_size, splat_bytes);
   P.tile_offsets = tile_offsets.data_ptr<int32_t>();
   P.isect_ids = isect_ids.data_ptr<int32_t>();
 
   const int64_t K = kSlotColor + P.D + (absgrad ? 2 : 0);
   at::Tensor grads = at::empty({isect_ids.size(0), K}, means2d.options());
-  const BackwardIn in{T_final.data_ptr<float>(), last_ids.data_ptr<int32_t>(), v_render_colors.data_ptr<float>(),
-                      v_render_alphas.data_ptr<float>(), isect_slots.data_ptr<int32_t>(), grads.data_ptr<float>(),
+  const BackwardIn in{T_final.data_ptr<float>(), last_ids.data_ptr<int32_t>(), ImageGrad(v_render_colors),
+                      ImageGrad(v_render_alphas), isect_slots.data_ptr<int32_t>(), grads.data_ptr<float>(),
                       K, absgrad};
   // Each Gaussian's slots are summed straight into the outputs.
   const auto f32 = means2d.options();

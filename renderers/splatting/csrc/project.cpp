@@ -2,13 +2,19 @@
 //   * EWA projection of N Gaussians into C pinhole cameras (gsplat 1.5.3 fused projection),
 //   * real spherical-harmonics colours of degree 0-3 (gsplat's sh_coeffs_to_color).
 // Both follow `_torch_impl.project_gaussians` / `spherical_harmonics` operation by operation in
-// float32 (built with -ffp-contract=off, like the torch reference). Work is split over Gaussians;
+// float32 (built with -ffp-contract=off, like the torch reference); the projection runs on groups
+// of 8 (AVX) or 4 Gaussians at once, one per vector lane. Work is split over Gaussians;
 // each Gaussian owns its gradient slots and sums over cameras itself, so results do not depend on
 // the thread count. As in gsplat's backward, culled (camera, Gaussian) pairs get no gradient.
 #include <torch/extension.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 namespace {
 
@@ -16,7 +22,6 @@ constexpr float kAlphaMin = 1.f / 255.f;  // gsplat ALPHA_THRESHOLD
 constexpr float kNormEps = 1e-12f;        // F.normalize's eps
 constexpr float kCompensationMin = 1e-12f;
 
-using Mat3 = float[3][3];
 
 // ---------------------------------------------------------------------------------------------
 // Projection
@@ -54,20 +59,130 @@ std::vector<Camera> make_cameras(const at::Tensor& viewmats, const at::Tensor& K
   return cams;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Lanes: the projection maths is written once for F = float (one Gaussian) and F = vf (kLanes
+// Gaussians, GCC vector extensions); lane-wise it is the same float maths. Masks are bool or vi.
+
+#ifdef __AVX__
+constexpr int kLanes = 8;
+#else
+constexpr int kLanes = 4;
+#endif
+typedef float vf __attribute__((vector_size(4 * kLanes)));
+typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
+
+template <typename F>
+struct LaneTypes {
+  using Mask = bool;
+  using Int = int32_t;
+  static constexpr int width = 1;
+};
+template <>
+struct LaneTypes<vf> {
+  using Mask = vi;
+  using Int = vi;
+  static constexpr int width = kLanes;
+};
+template <typename F>
+using Mask = typename LaneTypes<F>::Mask;
+
+template <typename F>
+F splat(float x) {
+  return F{} + x;
+}
+inline float lane(float x, int) { return x; }
+inline float lane(vf x, int l) { return x[l]; }
+inline int32_t lane(int32_t x, int) { return x; }
+inline int32_t lane(vi x, int l) { return x[l]; }
+template <typename F, typename Fn>
+F per_lane(F x, Fn fn) {  // fn applied lane by lane
+  if constexpr (LaneTypes<F>::width == 1) {
+    return fn(x);
+  } else {
+    F r;
+    for (int l = 0; l < kLanes; ++l) r[l] = fn(x[l]);
+    return r;
+  }
+}
+template <typename F>
+F lsqrt(F x) {
+#ifdef __AVX__
+  if constexpr (LaneTypes<F>::width == 8) return _mm256_sqrt_ps(x);
+#endif
+  return per_lane(x, [](float v) { return std::sqrt(v); });
+}
+template <typename F>
+F lmax(F a, F b) {  // std::max
+  return a < b ? b : a;
+}
+template <typename F>
+F lmin(F a, F b) {  // std::min
+  return b < a ? b : a;
+}
+template <typename F>
+typename LaneTypes<F>::Int to_int(F x) {  // static_cast<int32_t>
+  if constexpr (LaneTypes<F>::width == 1) {
+    return static_cast<int32_t>(x);
+  } else {
+    return __builtin_convertvector(x, vi);
+  }
+}
+// Lanes [n, n + lanes of V) of column k of a row-major [*, stride] array of T, as V (T, or a
+// vector of T), and back.
+template <typename V, typename T>
+V load(const T* x, int64_t n, int64_t stride, int64_t k) {
+  if constexpr (std::is_same_v<V, T>) {
+    return x[n * stride + k];
+  } else {
+    V r;
+    for (int l = 0; l < kLanes; ++l) r[l] = x[(n + l) * stride + k];
+    return r;
+  }
+}
+template <typename F>
+void store(float* x, int64_t n, int64_t stride, int64_t k, F v) {
+  for (int l = 0; l < LaneTypes<F>::width; ++l) x[(n + l) * stride + k] = lane(v, l);
+}
+
+inline bool any_lane(bool m) { return m; }
+inline bool any_lane(vi m) {
+  for (int l = 0; l < kLanes; ++l)
+    if (m[l]) return true;
+  return false;
+}
+
+// Runs block(vf{}, n) on each full group of kLanes Gaussians from n and block(0.f, n) on each of
+// the rest, in parallel.
+template <typename Block>
+void for_each_block(int64_t N, const Block& block) {
+  const int64_t groups = N / kLanes;
+  at::parallel_for(0, groups + 1, 128, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      if (i < groups) {
+        block(vf{}, i * kLanes);
+      } else {
+        for (int64_t n = groups * kLanes; n < N; ++n) block(0.f, n);
+      }
+    }
+  });
+}
+
 // World-space covariance Sigma = M M^T with M = R(q / |q|) diag(s).
+template <typename F>
 struct WorldCovariance {
-  float q[4], norm;  // normalised quaternion (wxyz) and the norm it was divided by (>= eps)
-  Mat3 R, M, Sigma;
+  F q[4], norm;  // normalised quaternion (wxyz) and the norm it was divided by (>= eps)
+  F R[3][3], M[3][3], Sigma[3][3];
 };
 
-void world_covariance(const float* quat, const float* scale, WorldCovariance& w) {
-  const float n = std::sqrt(quat[0] * quat[0] + quat[1] * quat[1] + quat[2] * quat[2] + quat[3] * quat[3]);
-  w.norm = std::max(n, kNormEps);
+template <typename F>
+void world_covariance(const F* quat, const F* scale, WorldCovariance<F>& w) {
+  const F n = lsqrt(quat[0] * quat[0] + quat[1] * quat[1] + quat[2] * quat[2] + quat[3] * quat[3]);
+  w.norm = lmax(n, splat<F>(kNormEps));
   for (int i = 0; i < 4; ++i) w.q[i] = quat[i] / w.norm;
-  const float qw = w.q[0], x = w.q[1], y = w.q[2], z = w.q[3];
-  const float R[3][3] = {{1 - 2 * (y * y + z * z), 2 * (x * y - qw * z), 2 * (x * z + qw * y)},
-                         {2 * (x * y + qw * z), 1 - 2 * (x * x + z * z), 2 * (y * z - qw * x)},
-                         {2 * (x * z - qw * y), 2 * (y * z + qw * x), 1 - 2 * (x * x + y * y)}};
+  const F qw = w.q[0], x = w.q[1], y = w.q[2], z = w.q[3];
+  const F R[3][3] = {{1 - 2 * (y * y + z * z), 2 * (x * y - qw * z), 2 * (x * z + qw * y)},
+                     {2 * (x * y + qw * z), 1 - 2 * (x * x + z * z), 2 * (y * z - qw * x)},
+                     {2 * (x * z - qw * y), 2 * (y * z + qw * x), 1 - 2 * (x * x + y * y)}};
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j) w.R[i][j] = R[i][j], w.M[i][j] = R[i][j] * scale[j];
   for (int i = 0; i < 3; ++i)
@@ -76,47 +191,49 @@ void world_covariance(const float* quat, const float* scale, WorldCovariance& w)
 }
 
 // One Gaussian seen by one camera: the outputs and the intermediates the backward needs.
+template <typename F>
 struct Projection {
-  float p[3];               // camera-space mean (p[2] is the output depth)
-  float z;                  // p[2] when within [near, far], else 1 (keeps culled entries finite)
-  bool in_range, valid, clamp_x, clamp_y;  // valid: in range and det > 0; clamp_*: x/z or y/z clamped
-  float u, v;               // clamped x/z, y/z
-  float J[2][3];
-  Mat3 Sigma_c;             // camera-space covariance
-  float a, b, c, det, det_orig;  // blurred 2D covariance (a b; b c), its determinant, unblurred det
-  float mean2d[2], conic[3], compensation;
-  int32_t radius[2];
+  F p[3];                           // camera-space mean (p[2] is the output depth)
+  F z;                              // p[2] when within [near, far], else 1 (keeps culled entries finite)
+  Mask<F> in_range, valid, clamp_x, clamp_y;  // valid: in range and det > 0; clamp_*: x/z or y/z clamped
+  F u, v;                           // clamped x/z, y/z
+  F J[2][3];
+  F Sigma_c[3][3];                  // camera-space covariance
+  F a, b, c, det, det_orig;         // blurred 2D covariance (a b; b c), its determinant, unblurred det
+  F mean2d[2], conic[3], compensation;
+  typename LaneTypes<F>::Int radius[2];
 };
 
 // Everything but the radii.
-void project(const Camera& cam, const Settings& s, const float* mean, const WorldCovariance& w, Projection& P) {
+template <typename F>
+void project(const Camera& cam, const Settings& s, const F* mean, const WorldCovariance<F>& w, Projection<F>& P) {
   for (int i = 0; i < 3; ++i) P.p[i] = cam.R[i][0] * mean[0] + cam.R[i][1] * mean[1] + cam.R[i][2] * mean[2] + cam.t[i];
   // Sigma_c = R_cam Sigma R_cam^T
-  float RS[3][3];
+  F RS[3][3];
   for (int i = 0; i < 3; ++i)
     for (int k = 0; k < 3; ++k)
       RS[i][k] = cam.R[i][0] * w.Sigma[0][k] + cam.R[i][1] * w.Sigma[1][k] + cam.R[i][2] * w.Sigma[2][k];
   for (int i = 0; i < 3; ++i)
     for (int l = 0; l < 3; ++l) P.Sigma_c[i][l] = RS[i][0] * cam.R[l][0] + RS[i][1] * cam.R[l][1] + RS[i][2] * cam.R[l][2];
 
-  const float x = P.p[0], y = P.p[1], depth = P.p[2];
-  P.in_range = depth >= s.near_plane && depth <= s.far_plane;
-  const float z = P.z = P.in_range ? depth : 1.f;
+  const F x = P.p[0], y = P.p[1], depth = P.p[2];
+  P.in_range = (depth >= s.near_plane) & (depth <= s.far_plane);
+  const F z = P.z = P.in_range ? depth : splat<F>(1.f);
   // torch.clamp: the gradient passes where lo <= v <= hi
-  const float u = x / z, v = y / z;
-  P.clamp_x = !(u >= -cam.lim_x_neg && u <= cam.lim_x_pos);
-  P.clamp_y = !(v >= -cam.lim_y_neg && v <= cam.lim_y_pos);
-  P.u = std::min(std::max(u, -cam.lim_x_neg), cam.lim_x_pos);
-  P.v = std::min(std::max(v, -cam.lim_y_neg), cam.lim_y_pos);
-  const float tx = z * P.u, ty = z * P.v, z2 = z * z;
-  P.J[0][0] = cam.fx / z, P.J[0][1] = 0.f, P.J[0][2] = -cam.fx * tx / z2;
-  P.J[1][0] = 0.f, P.J[1][1] = cam.fy / z, P.J[1][2] = -cam.fy * ty / z2;
+  const F u = x / z, v = y / z;
+  P.clamp_x = !((u >= -cam.lim_x_neg) & (u <= cam.lim_x_pos));
+  P.clamp_y = !((v >= -cam.lim_y_neg) & (v <= cam.lim_y_pos));
+  P.u = lmin(lmax(u, splat<F>(-cam.lim_x_neg)), splat<F>(cam.lim_x_pos));
+  P.v = lmin(lmax(v, splat<F>(-cam.lim_y_neg)), splat<F>(cam.lim_y_pos));
+  const F tx = z * P.u, ty = z * P.v, z2 = z * z;
+  P.J[0][0] = cam.fx / z, P.J[0][1] = splat<F>(0.f), P.J[0][2] = -cam.fx * tx / z2;
+  P.J[1][0] = splat<F>(0.f), P.J[1][1] = cam.fy / z, P.J[1][2] = -cam.fy * ty / z2;
 
-  float JS[2][3];  // J Sigma_c
+  F JS[2][3];  // J Sigma_c
   for (int i = 0; i < 2; ++i)
     for (int k = 0; k < 3; ++k)
       JS[i][k] = P.J[i][0] * P.Sigma_c[0][k] + P.J[i][1] * P.Sigma_c[1][k] + P.J[i][2] * P.Sigma_c[2][k];
-  float cov[2][2];
+  F cov[2][2];
   for (int i = 0; i < 2; ++i)
     for (int l = 0; l < 2; ++l) cov[i][l] = JS[i][0] * P.J[l][0] + JS[i][1] * P.J[l][1] + JS[i][2] * P.J[l][2];
   P.mean2d[0] = cam.fx * x / z + cam.cx;
@@ -124,103 +241,114 @@ void project(const Camera& cam, const Settings& s, const float* mean, const Worl
 
   P.det_orig = cov[0][0] * cov[1][1] - cov[0][1] * cov[1][0];
   P.a = cov[0][0] + s.eps2d, P.b = cov[1][0], P.c = cov[1][1] + s.eps2d;
-  const float det = P.a * P.c - cov[0][1] * P.b;
-  P.valid = P.in_range && det > 0.f;
-  P.det = P.valid ? det : 1.f;
+  const F det = P.a * P.c - cov[0][1] * P.b;
+  P.valid = P.in_range & (det > 0.f);
+  P.det = P.valid ? det : splat<F>(1.f);
   P.conic[0] = P.c / P.det, P.conic[1] = -P.b / P.det, P.conic[2] = P.a / P.det;
-  P.compensation = std::sqrt(std::max(P.det_orig / P.det, kCompensationMin));
+  P.compensation = lsqrt(lmax(P.det_orig / P.det, splat<F>(kCompensationMin)));
 }
 
 // Per-axis radii with the opacity-aware extent; 0 when culled.
-void compute_radii(const Settings& s, float opacity, bool has_opacity, Projection& P) {
-  bool valid = P.valid;
-  float extend = 3.33f;
+template <typename F>
+void compute_radii(const Settings& s, F opacity, bool has_opacity, Projection<F>& P) {
+  Mask<F> valid = P.valid;
+  F extend = splat<F>(3.33f);
   if (has_opacity) {  // opacity-aware box: exactly where alpha can reach 1/255
-    const float o = s.calc_compensations ? opacity * P.compensation : opacity;
-    valid = valid && o >= kAlphaMin;
-    extend = std::min(extend, std::sqrt(2.f * std::log(std::max(o / kAlphaMin, 1.f))));
+    const F o = s.calc_compensations ? opacity * P.compensation : opacity;
+    valid = valid & (o >= kAlphaMin);
+    extend = lmin(extend, lsqrt(2.f * per_lane(lmax(o / kAlphaMin, splat<F>(1.f)), [](float v) { return std::log(v); })));
   }
-  const float rx = std::ceil(extend * std::sqrt(P.a)), ry = std::ceil(extend * std::sqrt(P.c));
-  const bool on_screen = P.mean2d[0] + rx > 0.f && P.mean2d[0] - rx < s.width && P.mean2d[1] + ry > 0.f &&
-                         P.mean2d[1] - ry < s.height;
-  const bool visible = valid && (rx > s.radius_clip || ry > s.radius_clip) && on_screen;
+  const F rx = per_lane(extend * lsqrt(P.a), [](float v) { return std::ceil(v); });
+  const F ry = per_lane(extend * lsqrt(P.c), [](float v) { return std::ceil(v); });
+  const Mask<F> on_screen = (P.mean2d[0] + rx > 0.f) & (P.mean2d[0] - rx < static_cast<float>(s.width)) & (P.mean2d[1] + ry > 0.f) &
+                            (P.mean2d[1] - ry < static_cast<float>(s.height));
+  const Mask<F> visible = valid & ((rx > s.radius_clip) | (ry > s.radius_clip)) & on_screen;
   constexpr float kMaxRadius = 1 << 30;
-  P.radius[0] = visible ? static_cast<int32_t>(std::min(rx, kMaxRadius)) : 0;
-  P.radius[1] = visible ? static_cast<int32_t>(std::min(ry, kMaxRadius)) : 0;
+  const typename LaneTypes<F>::Int zero{};
+  P.radius[0] = visible ? to_int(lmin(rx, splat<F>(kMaxRadius))) : zero;
+  P.radius[1] = visible ? to_int(lmin(ry, splat<F>(kMaxRadius))) : zero;
 }
 
-// Accumulates into v_mean (world) and v_Sigma (world covariance) the gradient of one visible
-// projection, given the gradients of its means2d, depth, conic and compensation.
-void project_vjp(const Camera& cam, const Settings& s, const Projection& P, const float* v_mean2d, float v_depth,
-                 const float* v_conic, float v_compensation, float* v_mean, Mat3 v_Sigma) {
-  const float a = P.a, b = P.b, c = P.c, det = P.det;
+// Adds to v_mean (world) and v_Sigma (world covariance) the gradient of one projection, given the
+// gradients of its means2d, depth, conic and compensation; lanes where `use` is false add nothing.
+template <typename F>
+void project_vjp(const Camera& cam, const Settings& s, const Projection<F>& P, Mask<F> use, const F* v_mean2d,
+                 F v_depth, const F* v_conic, F v_compensation, F* v_mean, F (*v_Sigma)[3]) {
+  const F a = P.a, b = P.b, c = P.c, det = P.det;
   // conic = (c, -b, a) / det
-  const float v_det = -(v_conic[0] * c - v_conic[1] * b + v_conic[2] * a) / (det * det);
-  float v_a = v_conic[2] / det + v_det * c;
-  float v_c = v_conic[0] / det + v_det * a;
-  float v_b = -v_conic[1] / det - 2.f * b * v_det;  // b enters twice: as cov[0][1] and cov[1][0]
-  const float ratio = P.det_orig / det;
-  if (s.calc_compensations && ratio >= kCompensationMin) {  // compensation = sqrt(det_orig / det)
-    const float v_ratio = v_compensation * 0.5f / P.compensation;
-    v_a += v_ratio * ((c - s.eps2d) - ratio * c) / det;
-    v_c += v_ratio * ((a - s.eps2d) - ratio * a) / det;
-    v_b += v_ratio * (-2.f * b + ratio * 2.f * b) / det;
+  const F v_det = -(v_conic[0] * c - v_conic[1] * b + v_conic[2] * a) / (det * det);
+  F v_a = v_conic[2] / det + v_det * c;
+  F v_c = v_conic[0] / det + v_det * a;
+  F v_b = -v_conic[1] / det - 2.f * b * v_det;  // b enters twice: as cov[0][1] and cov[1][0]
+  const F ratio = P.det_orig / det;
+  if (s.calc_compensations) {  // compensation = sqrt(det_orig / det), clamped below
+    const Mask<F> passes = ratio >= kCompensationMin;
+    const F v_ratio = v_compensation * 0.5f / P.compensation;
+    v_a = passes ? v_a + v_ratio * ((c - s.eps2d) - ratio * c) / det : v_a;
+    v_c = passes ? v_c + v_ratio * ((a - s.eps2d) - ratio * a) / det : v_c;
+    v_b = passes ? v_b + v_ratio * (-2.f * b + ratio * 2.f * b) / det : v_b;
   }
-  const float V[2][2] = {{v_a, 0.5f * v_b}, {0.5f * v_b, v_c}};  // symmetric d/d(2D covariance)
+  const F V[2][2] = {{v_a, 0.5f * v_b}, {0.5f * v_b, v_c}};  // symmetric d/d(2D covariance)
 
   // cov = J Sigma_c J^T: v_J = 2 V J Sigma_c, v_Sigma_c = J^T V J
-  float VJ[2][3];
+  F VJ[2][3];
   for (int i = 0; i < 2; ++i)
     for (int k = 0; k < 3; ++k) VJ[i][k] = V[i][0] * P.J[0][k] + V[i][1] * P.J[1][k];
-  float v_J[2][3];
+  F v_J[2][3];
   for (int i = 0; i < 2; ++i)
     for (int k = 0; k < 3; ++k)
       v_J[i][k] = 2.f * (VJ[i][0] * P.Sigma_c[0][k] + VJ[i][1] * P.Sigma_c[1][k] + VJ[i][2] * P.Sigma_c[2][k]);
-  float v_Sigma_c[3][3];
+  F v_Sigma_c[3][3];
   for (int k = 0; k < 3; ++k)
     for (int l = 0; l < 3; ++l) v_Sigma_c[k][l] = P.J[0][k] * VJ[0][l] + P.J[1][k] * VJ[1][l];
   // Sigma_c = R_cam Sigma R_cam^T: v_Sigma += R_cam^T v_Sigma_c R_cam
-  float RtV[3][3];
+  F RtV[3][3];
   for (int i = 0; i < 3; ++i)
     for (int l = 0; l < 3; ++l)
       RtV[i][l] = cam.R[0][i] * v_Sigma_c[0][l] + cam.R[1][i] * v_Sigma_c[1][l] + cam.R[2][i] * v_Sigma_c[2][l];
   for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j) v_Sigma[i][j] += RtV[i][0] * cam.R[0][j] + RtV[i][1] * cam.R[1][j] + RtV[i][2] * cam.R[2][j];
+    for (int j = 0; j < 3; ++j) {
+      const F add = RtV[i][0] * cam.R[0][j] + RtV[i][1] * cam.R[1][j] + RtV[i][2] * cam.R[2][j];
+      v_Sigma[i][j] = use ? v_Sigma[i][j] + add : v_Sigma[i][j];
+    }
 
   // J = [[fx/z, 0, -fx tx/z^2], [0, fy/z, -fy ty/z^2]] with tx = z u, ty = z v
-  const float z = P.z, x = P.p[0], y = P.p[1], z2 = z * z, z3 = z2 * z;
-  const float tx = z * P.u, ty = z * P.v;
-  float v_z = -cam.fx / z2 * v_J[0][0] + 2.f * cam.fx * tx / z3 * v_J[0][2] - cam.fy / z2 * v_J[1][1] +
-              2.f * cam.fy * ty / z3 * v_J[1][2];
-  const float v_tx = -cam.fx / z2 * v_J[0][2], v_ty = -cam.fy / z2 * v_J[1][2];
+  const F z = P.z, x = P.p[0], y = P.p[1], z2 = z * z, z3 = z2 * z;
+  const F tx = z * P.u, ty = z * P.v;
+  F v_z = -cam.fx / z2 * v_J[0][0] + 2.f * cam.fx * tx / z3 * v_J[0][2] - cam.fy / z2 * v_J[1][1] +
+          2.f * cam.fy * ty / z3 * v_J[1][2];
+  const F v_tx = -cam.fx / z2 * v_J[0][2], v_ty = -cam.fy / z2 * v_J[1][2];
   // tx = z clamp(x / z): d/dx = 1 unclamped; d/dz = u clamped
-  float v_x = P.clamp_x ? 0.f : v_tx, v_y = P.clamp_y ? 0.f : v_ty;
-  if (P.clamp_x) v_z += v_tx * P.u;
-  if (P.clamp_y) v_z += v_ty * P.v;
+  F v_x = P.clamp_x ? splat<F>(0.f) : v_tx, v_y = P.clamp_y ? splat<F>(0.f) : v_ty;
+  v_z = P.clamp_x ? v_z + v_tx * P.u : v_z;
+  v_z = P.clamp_y ? v_z + v_ty * P.v : v_z;
   // means2d = (fx x / z + cx, fy y / z + cy)
   v_x += cam.fx / z * v_mean2d[0];
   v_y += cam.fy / z * v_mean2d[1];
   v_z -= cam.fx * x / z2 * v_mean2d[0] + cam.fy * y / z2 * v_mean2d[1];
-  const float v_p[3] = {v_x, v_y, v_z + v_depth};  // visible implies z = depth
-  for (int j = 0; j < 3; ++j) v_mean[j] += cam.R[0][j] * v_p[0] + cam.R[1][j] * v_p[1] + cam.R[2][j] * v_p[2];
+  const F v_p[3] = {v_x, v_y, v_z + v_depth};  // visible implies z = depth
+  for (int j = 0; j < 3; ++j) {
+    const F add = cam.R[0][j] * v_p[0] + cam.R[1][j] * v_p[1] + cam.R[2][j] * v_p[2];
+    v_mean[j] = use ? v_mean[j] + add : v_mean[j];
+  }
 }
 
 // Sigma = M M^T, M = R(q / |q|) diag(s): gradients of the raw quaternion and the scales.
-void world_covariance_vjp(const WorldCovariance& w, const float* scale, const Mat3 v_Sigma, float* v_quat,
-                               float* v_scale) {
-  float v_M[3][3];  // (v_Sigma + v_Sigma^T) M
+template <typename F>
+void world_covariance_vjp(const WorldCovariance<F>& w, const F* scale, F (*v_Sigma)[3], F* v_quat, F* v_scale) {
+  F v_M[3][3];  // (v_Sigma + v_Sigma^T) M
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j) {
-      v_M[i][j] = 0.f;
+      v_M[i][j] = splat<F>(0.f);
       for (int k = 0; k < 3; ++k) v_M[i][j] += (v_Sigma[i][k] + v_Sigma[k][i]) * w.M[k][j];
     }
-  float G[3][3];  // d/dR
+  F G[3][3];  // d/dR
   for (int j = 0; j < 3; ++j) {
     v_scale[j] = v_M[0][j] * w.R[0][j] + v_M[1][j] * w.R[1][j] + v_M[2][j] * w.R[2][j];
     for (int i = 0; i < 3; ++i) G[i][j] = v_M[i][j] * scale[j];
   }
-  const float qw = w.q[0], x = w.q[1], y = w.q[2], z = w.q[3];
-  const float v_q[4] = {
+  const F qw = w.q[0], x = w.q[1], y = w.q[2], z = w.q[3];
+  const F v_q[4] = {
       2.f * (-z * G[0][1] + y * G[0][2] + z * G[1][0] - x * G[1][2] - y * G[2][0] + x * G[2][1]),
       2.f * (y * G[0][1] + z * G[0][2] + y * G[1][0] - 2.f * x * G[1][1] - qw * G[1][2] + z * G[2][0] +
              qw * G[2][1] - 2.f * x * G[2][2]),
@@ -230,7 +358,7 @@ void world_covariance_vjp(const WorldCovariance& w, const float* scale, const Ma
              x * G[2][0] + y * G[2][1]),
   };
   // q / max(|q|, eps): the norm only carries gradient when it exceeds eps
-  const float dot = w.norm > kNormEps ? v_q[0] * qw + v_q[1] * x + v_q[2] * y + v_q[3] * z : 0.f;
+  const F dot = w.norm > kNormEps ? v_q[0] * qw + v_q[1] * x + v_q[2] * y + v_q[3] * z : splat<F>(0.f);
   for (int i = 0; i < 4; ++i) v_quat[i] = (v_q[i] - w.q[i] * dot) / w.norm;
 }
 
@@ -332,21 +460,25 @@ std::vector<at::Tensor> project_forward(const at::Tensor& means, const at::Tenso
   float *m_out = means2d.data_ptr<float>(), *d_out = depths.data_ptr<float>();
   float *c_out = conics.data_ptr<float>(), *comp_out = compensations.data_ptr<float>();
 
-  at::parallel_for(0, s.N, 1024, [&](int64_t begin, int64_t end) {
-    WorldCovariance w;
-    Projection P;
-    for (int64_t n = begin; n < end; ++n) {
-      world_covariance(quat + 4 * n, scale + 3 * n, w);
-      for (int64_t c = 0; c < s.C; ++c) {
-        project(cams[c], s, mean + 3 * n, w, P);
-        compute_radii(s, opacity ? opacity[n] : 0.f, opacity != nullptr, P);
-        const int64_t g = c * s.N + n;
-        std::copy(P.radius, P.radius + 2, r_out + 2 * g);
-        std::copy(P.mean2d, P.mean2d + 2, m_out + 2 * g);
-        d_out[g] = P.p[2];
-        std::copy(P.conic, P.conic + 3, c_out + 3 * g);
-        comp_out[g] = P.compensation;
-      }
+  for_each_block(s.N, [&](auto lanes, int64_t n) {  // Gaussians [n, n + lanes)
+    using F = decltype(lanes);
+    F m[3], q[4], sc[3];
+    for (int k = 0; k < 3; ++k) m[k] = load<F>(mean, n, 3, k), sc[k] = load<F>(scale, n, 3, k);
+    for (int k = 0; k < 4; ++k) q[k] = load<F>(quat, n, 4, k);
+    const F o = opacity ? load<F>(opacity, n, 1, 0) : splat<F>(0.f);
+    WorldCovariance<F> w;
+    world_covariance(q, sc, w);
+    Projection<F> P;
+    for (int64_t c = 0; c < s.C; ++c) {
+      project(cams[c], s, m, w, P);
+      compute_radii(s, o, opacity != nullptr, P);
+      const int64_t g = c * s.N + n;
+      for (int l = 0; l < LaneTypes<F>::width; ++l)
+        for (int k = 0; k < 2; ++k) r_out[2 * (g + l) + k] = lane(P.radius[k], l);
+      for (int k = 0; k < 2; ++k) store(m_out, g, 2, k, P.mean2d[k]);
+      store(d_out, g, 1, 0, P.p[2]);
+      for (int k = 0; k < 3; ++k) store(c_out, g, 3, k, P.conic[k]);
+      store(comp_out, g, 1, 0, P.compensation);
     }
   });
   return {radii, means2d, depths, conics, compensations};
@@ -376,29 +508,33 @@ std::vector<at::Tensor> project_backward(const at::Tensor& means, const at::Tens
   const float *vc = v_conics.data_ptr<float>(), *vcomp = v_compensations.data_ptr<float>();
   float *vm_out = v_means.data_ptr<float>(), *vq_out = v_quats.data_ptr<float>(), *vs_out = v_scales.data_ptr<float>();
 
-  at::parallel_for(0, s.N, 1024, [&](int64_t begin, int64_t end) {
-    WorldCovariance w;
-    Projection P;
-    for (int64_t n = begin; n < end; ++n) {
-      float* v_mean = vm_out + 3 * n;
-      std::fill(v_mean, v_mean + 3, 0.f);
-      float v_Sigma[3][3] = {};
-      bool any_visible = false;
-      world_covariance(quat + 4 * n, scale + 3 * n, w);
-      for (int64_t c = 0; c < s.C; ++c) {
-        const int64_t g = c * s.N + n;
-        if (rad[2 * g] == 0 && rad[2 * g + 1] == 0) continue;
-        any_visible = true;
-        project(cams[c], s, mean + 3 * n, w, P);
-        project_vjp(cams[c], s, P, vm2d + 2 * g, vd[g], vc + 3 * g, vcomp[g], v_mean, v_Sigma);
-      }
-      if (any_visible) {
-        world_covariance_vjp(w, scale + 3 * n, v_Sigma, vq_out + 4 * n, vs_out + 3 * n);
-      } else {
-        std::fill(vq_out + 4 * n, vq_out + 4 * n + 4, 0.f);
-        std::fill(vs_out + 3 * n, vs_out + 3 * n + 3, 0.f);
-      }
+  for_each_block(s.N, [&](auto lanes, int64_t n) {  // Gaussians [n, n + lanes)
+    using F = decltype(lanes);
+    F m[3], q[4], sc[3];
+    for (int k = 0; k < 3; ++k) m[k] = load<F>(mean, n, 3, k), sc[k] = load<F>(scale, n, 3, k);
+    for (int k = 0; k < 4; ++k) q[k] = load<F>(quat, n, 4, k);
+    WorldCovariance<F> w;
+    world_covariance(q, sc, w);
+    const F zero = splat<F>(0.f);
+    F v_mean[3] = {zero, zero, zero}, v_Sigma[3][3] = {{zero, zero, zero}, {zero, zero, zero}, {zero, zero, zero}};
+    Mask<F> any_visible{};
+    Projection<F> P;
+    for (int64_t c = 0; c < s.C; ++c) {
+      const int64_t g = c * s.N + n;
+      using Int = typename LaneTypes<F>::Int;
+      const Mask<F> visible = (load<Int>(rad, g, 2, 0) != 0) | (load<Int>(rad, g, 2, 1) != 0);
+      if (!any_lane(visible)) continue;
+      any_visible = any_visible | visible;
+      project(cams[c], s, m, w, P);
+      const F v_m2d[2] = {load<F>(vm2d, g, 2, 0), load<F>(vm2d, g, 2, 1)};
+      const F v_c[3] = {load<F>(vc, g, 3, 0), load<F>(vc, g, 3, 1), load<F>(vc, g, 3, 2)};
+      project_vjp(cams[c], s, P, visible, v_m2d, load<F>(vd, g, 1, 0), v_c, load<F>(vcomp, g, 1, 0), v_mean, v_Sigma);
     }
+    F v_q[4], v_s[3];
+    world_covariance_vjp(w, sc, v_Sigma, v_q, v_s);
+    for (int k = 0; k < 3; ++k) store(vm_out, n, 3, k, v_mean[k]);
+    for (int k = 0; k < 4; ++k) store(vq_out, n, 4, k, any_visible ? v_q[k] : zero);
+    for (int k = 0; k < 3; ++k) store(vs_out, n, 3, k, any_visible ? v_s[k] : zero);
   });
   return {v_means, v_quats, v_scales};
 }

@@ -182,16 +182,17 @@ def test_sh_blocks_match_concatenated_coefficients(degree):
 
 
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
-def test_rasterization_takes_sh_blocks(backend):
+@pytest.mark.parametrize("sh_degree, rest", [(2, 8), (0, 0)])  # rest 0: an empty shN, as from a degree-0 .ply
+def test_rasterization_takes_sh_blocks(backend, sh_degree, rest):
     N, C = 200, 2
     means, quats, scales, opacities, viewmats, Ks = scene(N, C, seed=3)
     g = torch.Generator().manual_seed(2)
-    sh0, shN = torch.randn(N, 1, 3, generator=g), torch.randn(N, 8, 3, generator=g) * 0.3
+    sh0, shN = torch.randn(N, 1, 3, generator=g), torch.randn(N, rest, 3, generator=g) * 0.3
     images, grads = [], []
     for colors in ((sh0, shN), torch.cat([sh0, shN], 1)):
         leaves = [c.clone().requires_grad_() for c in ((sh0, shN) if isinstance(colors, tuple) else (colors,))]
         img, _, _ = rasterization(means, quats, scales, opacities, tuple(leaves) if len(leaves) == 2 else leaves[0],
-                                  viewmats, Ks, 48, 40, sh_degree=2, backend=backend)  # fmt: skip
+                                  viewmats, Ks, 48, 40, sh_degree=sh_degree, backend=backend)  # fmt: skip
         img.square().sum().backward()
         images.append(img.detach())
         grads.append(torch.cat([leaf.grad for leaf in leaves], 1))

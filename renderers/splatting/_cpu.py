@@ -202,7 +202,8 @@ def spherical_harmonics(
     assert K >= (degree + 1) ** 2, f"sh_degree={degree} needs K >= {(degree + 1) ** 2}, got {K}"
     for name, x in (("dirs", dirs), *(("coeffs", b) for b in blocks)):
         assert x.dtype == torch.float32 and x.device.type == "cpu", f"{name}: expected float32 on CPU, got {x.dtype} on {x.device}"
-    flat = (b.reshape(-1, b.shape[-2], 3).contiguous() for b in blocks)
+    M = batch.numel()
+    flat = (b.reshape(M, b.shape[-2], 3).contiguous() for b in blocks)  # explicit M: a block may be empty
     colors = _SphericalHarmonics.apply(int(degree), dirs.reshape(-1, 3).contiguous(), *flat)
     return colors.reshape(*batch, 3)
 

@@ -8,6 +8,8 @@
 // the thread count. As in gsplat's backward, culled (camera, Gaussian) pairs get no gradient.
 #include <torch/extension.h>
 
+#include "lanes.h"
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -61,15 +63,7 @@ std::vector<Camera> make_cameras(const at::Tensor& viewmats, const at::Tensor& K
 
 // ---------------------------------------------------------------------------------------------
 // Lanes: the projection maths is written once for F = float (one Gaussian) and F = vf (kLanes
-// Gaussians, GCC vector extensions); lane-wise it is the same float maths. Masks are bool or vi.
-
-#ifdef __AVX__
-constexpr int kLanes = 8;
-#else
-constexpr int kLanes = 4;
-#endif
-typedef float vf __attribute__((vector_size(4 * kLanes)));
-typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
+// Gaussians, lanes.h); lane-wise it is the same float maths. Masks are bool or vi.
 
 template <typename F>
 struct LaneTypes {

@@ -11,6 +11,8 @@
 // do not depend on the thread count.
 #include <torch/extension.h>
 
+#include "lanes.h"
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -189,16 +191,8 @@ Bins bin_gaussians(const Problem& P, const std::vector<TileRect>& rects, const s
 
 // ---------------------------------------------------------------- vectors
 
-// Tiles are processed in chunks of kLanes consecutive pixels of a row, one pixel per lane, with
-// GCC vector extensions: 8 lanes with AVX (the build adds -mavx2 -mfma where the CPU has them),
-// else 4. Lane-wise maths equal scalar float maths.
-#ifdef __AVX__
-constexpr int kLanes = 8;
-#else
-constexpr int kLanes = 4;
-#endif
-typedef float vf __attribute__((vector_size(4 * kLanes)));
-typedef int32_t vi __attribute__((vector_size(4 * kLanes)));  // masks: -1 true, 0 false
+// Tiles are processed in vectors of kLanes consecutive pixels of a row, one pixel per lane
+// (lanes.h). Lane-wise maths equal scalar float maths.
 
 inline vf bc(float v) { return vf{} + v; }
 inline vi bci(int32_t v) { return vi{} + v; }

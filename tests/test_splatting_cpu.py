@@ -170,6 +170,7 @@ CASES = {  # name: (C, N, D, width, height, background, tile_size, scene overrid
     "depth_only_background": (2, 100, 1, 37, 29, True, 16, {}),
     "features_32": (1, 60, 32, 37, 29, False, 16, {}),
     "tile_8_background": (2, 100, 3, 37, 29, True, 8, {}),
+    "tile_12": (1, 120, 3, 37, 29, False, 12, {}),  # rows of 16 lanes, 12 of them pixels
     "large_opaque_layers": (1, 250, 3, 37, 29, True, 16, dict(scale=(3.0, 15.0), opacity=(0.5, 1.0))),
 }
 

@@ -133,9 +133,9 @@ V load(const T* x, int64_t n, int64_t stride, int64_t k) {
     return r;
   }
 }
-template <typename F>
-void store(float* x, int64_t n, int64_t stride, int64_t k, F v) {
-  for (int l = 0; l < LaneTypes<F>::width; ++l) x[(n + l) * stride + k] = lane(v, l);
+template <typename T, typename V>
+void store(T* x, int64_t n, int64_t stride, int64_t k, V v) {
+  for (int l = 0; l < static_cast<int>(sizeof(V) / sizeof(T)); ++l) x[(n + l) * stride + k] = lane(v, l);
 }
 
 inline bool any_lane(bool m) { return m; }
@@ -467,9 +467,7 @@ std::vector<at::Tensor> project_forward(const at::Tensor& means, const at::Tenso
       project(cams[c], s, m, w, P);
       compute_radii(s, o, opacity != nullptr, P);
       const int64_t g = c * s.N + n;
-      for (int l = 0; l < LaneTypes<F>::width; ++l)
-        for (int k = 0; k < 2; ++k) r_out[2 * (g + l) + k] = lane(P.radius[k], l);
-      for (int k = 0; k < 2; ++k) store(m_out, g, 2, k, P.mean2d[k]);
+      for (int k = 0; k < 2; ++k) store(r_out, g, 2, k, P.radius[k]), store(m_out, g, 2, k, P.mean2d[k]);
       store(d_out, g, 1, 0, P.p[2]);
       for (int k = 0; k < 3; ++k) store(c_out, g, 3, k, P.conic[k]);
       store(comp_out, g, 1, 0, P.compensation);
@@ -559,12 +557,6 @@ struct CoefficientBlocks {
   }
 };
 
-std::vector<at::Tensor> empty_like_all(const std::vector<at::Tensor>& blocks) {
-  std::vector<at::Tensor> out;
-  for (const at::Tensor& b : blocks) out.push_back(at::empty_like(b));
-  return out;
-}
-
 // colours [M, 3] = sum_k basis_k(dirs / |dirs|) coeffs[:, k] for dirs [M, 3], coeffs [M, K, 3].
 at::Tensor sh_forward(int64_t degree, const at::Tensor& dirs, const std::vector<at::Tensor>& coeff_blocks) {
   check_float(dirs, "dirs");
@@ -599,7 +591,8 @@ std::vector<at::Tensor> sh_backward(int64_t degree, const at::Tensor& dirs, cons
   check_float(v_colors, "v_colors");
   const int64_t M = dirs.size(0), B = (degree + 1) * (degree + 1);
   const CoefficientBlocks<const float> coeffs(coeff_blocks, M, "coeffs");
-  std::vector<at::Tensor> outputs = empty_like_all(coeff_blocks);
+  std::vector<at::Tensor> outputs;
+  for (const at::Tensor& b : coeff_blocks) outputs.push_back(at::empty_like(b));
   const CoefficientBlocks<float> v_coeffs(outputs, M, "v_coeffs");
   at::Tensor v_dirs = at::empty({M, 3}, dirs.options());
   const float *dir = dirs.data_ptr<float>(), *vcol = v_colors.data_ptr<float>();

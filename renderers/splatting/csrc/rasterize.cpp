@@ -6,9 +6,9 @@
 // when transmittance would drop to <= 1e-4, background weighted by the final transmittance.
 //
 // Each call bins Gaussians to tiles (count, prefix sum, fill in global depth order) and then works
-// on (camera, tile) pairs in parallel, in one OpenMP region per pass (waking threads is costly). The backward writes per-Gaussian gradients to one slot per
-// (Gaussian, tile) intersection and sums each Gaussian's slots at the end: no atomics, and results
-// do not depend on the thread count.
+// on (camera, tile) pairs in parallel, in one OpenMP region per pass (waking threads is costly).
+// The backward writes per-Gaussian gradients to one slot per (Gaussian, tile) intersection and
+// sums each Gaussian's slots at the end: no atomics, and results do not depend on the thread count.
 #include <torch/extension.h>
 
 #include "lanes.h"
@@ -418,7 +418,7 @@ struct BackwardIn {
   ImageGrad v_colors;    // [C, H, W, D]
   ImageGrad v_alphas;    // [C, H, W, 1]
   const int32_t* slots;  // [n_isects]
-  float* grads;           // [n_isects, K] gradient slots, each written once
+  float* grads;          // [n_isects, K] gradient slots, each written once
   int64_t K;
   bool absgrad;
 };

@@ -1,7 +1,9 @@
 """What every method provides to the trainer, the CLI, the evaluator and the viewer."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -10,9 +12,43 @@ from data import Scene
 from renderers.cameras import Rays, make_rays, pixel_rays
 
 
+@dataclass(frozen=True)
+class Between:
+    """Allowed values of a numeric setting: low ≤ value ≤ high (< where `open` says; None: unbounded)."""
+
+    low: float | None = None
+    high: float | None = None
+    open: str = ""  # "low", "high" or "both": which bounds are excluded
+
+    def admits(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.open in ("low", "both") else value >= self.low)
+        below = self.high is None or (value < self.high if self.open in ("high", "both") else value <= self.high)
+        return above and below
+
+    def describe(self, name: str) -> str:
+        """e.g. "0 < lr" or "0 ≤ sh_degree ≤ 3"."""
+        low = "" if self.low is None else f"{self.low:g} {'<' if self.open in ('low', 'both') else '≤'} "
+        high = "" if self.high is None else f" {'<' if self.open in ('high', 'both') else '≤'} {self.high:g}"
+        return low + name + high
+
+
+COUNT = Between(1)  # a positive integer
+NON_NEGATIVE = Between(0)
+POSITIVE = Between(0, open="low")
+FRACTION = Between(0, 1)
+
+
 @dataclass
 class TrainConfig:
-    """Settings every method shares (methods extend this dataclass)."""
+    """Settings every method shares (methods extend this dataclass).
+
+    `limits` (merged along the subclasses) gives each constrained field a `Between` or a tuple of
+    allowed strings; `validate()` checks them and that every number is finite.
+    """
+
+    limits: ClassVar[dict[str, Between | tuple[str, ...]]] = {
+        "max_steps": COUNT, "eval_every": COUNT, "eval_views": NON_NEGATIVE, "checkpoint_every": COUNT, "log_every": COUNT,
+    }
 
     max_steps: int = 30_000  # training steps
     eval_every: int = 1000  # steps between validation renders (PSNR on `eval_views` val views)
@@ -20,6 +56,21 @@ class TrainConfig:
     checkpoint_every: int = 1000  # steps between checkpoints (one is always written at the end)
     log_every: int = 50  # steps between lines in metrics.jsonl
     seed: int = 0  # seeds every random choice of the run
+
+    def validate(self) -> None:
+        """ValueError naming the first setting of the wrong type, not finite, out of its range or
+        not one of its choices."""
+        limits = {name: rule for cls in reversed(type(self).__mro__) for name, rule in vars(cls).get("limits", {}).items()}
+        for f in fields(self):
+            value, rule, kind = getattr(self, f.name), limits.get(f.name), type(f.default)
+            if not (type(value) is kind or (kind is float and type(value) is int)):
+                raise ValueError(f"setting {f.name}={value!r}: expected {'an' if kind is int else 'a'} {kind.__name__}")
+            if kind is float and not math.isfinite(value):
+                raise ValueError(f"setting {f.name}={value}: expected a finite number")
+            if isinstance(rule, Between) and not rule.admits(value):
+                raise ValueError(f"setting {f.name}={value}: out of range (expected {rule.describe(f.name)})")
+            if isinstance(rule, tuple) and value not in rule:
+                raise ValueError(f"setting {f.name}={value!r}: expected one of {', '.join(rule)}")
 
 
 def config_from_dict(cls: type, values: dict) -> TrainConfig:
@@ -47,6 +98,7 @@ class Method(nn.Module):
 
     def __init__(self, config: TrainConfig, scene: Scene, device: torch.device | str | None = None) -> None:
         super().__init__()
+        config.validate()
         self.config = config
         self.scene = scene
         self.device = torch.device(device) if device is not None else default_device()

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ from torch import nn
 from data import Scene
 from recon.fields.encodings import PositionalEncoding
 from recon.fields.mlp import MLP
-from recon.methods.base import Method, TrainConfig
+from recon.methods.base import COUNT, NON_NEGATIVE, POSITIVE, Method, TrainConfig
 from renderers.cameras import Rays, image_rays
 from renderers.projection import fetch_colors, ndc_to_world, plucker, project_to_views
 from renderers.samplers import densify_samples, jitter_samples, sample_cells
@@ -51,6 +52,14 @@ from renderers.volume import composite, render_weights_from_alpha
 
 @dataclass
 class ProNeRFConfig(TrainConfig):
+    limits: ClassVar = {
+        "stage1_steps": NON_NEGATIVE, "num_samples": COUNT, "num_source_views": COUNT, "plucker_freqs": NON_NEGATIVE,
+        "sampler_width": COUNT, "sampler_layers": COUNT, "pos_freqs": NON_NEGATIVE, "dir_freqs": NON_NEGATIVE,
+        "hidden_dim": COUNT, "num_layers": COUNT, "offset_ndc": NON_NEGATIVE, "offset_world": NON_NEGATIVE,
+        "explore_max_samples": COUNT, "jitter_scale": NON_NEGATIVE, "density_noise_ndc": NON_NEGATIVE,
+        "density_noise_world": NON_NEGATIVE, "raw_clamp": POSITIVE, "rays_per_batch": COUNT, "lr_stage1": POSITIVE,
+        "lr_stage1_decay_steps": COUNT, "lr_stage2": POSITIVE, "lr_stage2_decay_steps": COUNT, "render_chunk": COUNT,
+    }
     max_steps: int = 1_000_000  # stage 1 and stage 2 together
     stage1_steps: int = 500_000  # alternating exploitation/exploration steps; the rest is stage 2 (joint)
     num_samples: int = 12  # N: shaded samples per ray (the paper's ProNeRF-8 / ProNeRF-12)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ from gsplat.strategy import DefaultStrategy
 
 from data import Scene
 from recon.export import read_ply, write_ply
-from recon.methods.base import Method, TrainConfig
+from recon.methods.base import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Between, Method, TrainConfig
 from recon.metrics import ssim
 from renderers.splatting import rasterization
 
@@ -26,6 +27,14 @@ SH_C0 = 0.28209479177387814  # Y_0^0: colour = SH_C0 · sh0 + 0.5
 
 @dataclass
 class SplatConfig(TrainConfig):
+    limits: ClassVar = {
+        "init": ("points", "random"), "backend": ("auto", "gsplat", "cpu", "torch"),
+        "init_num_random": COUNT, "init_opacity": Between(0, 1, open="both"), "init_scale": POSITIVE,
+        "sh_degree": Between(0, 3), "sh_degree_interval": COUNT, "ssim_lambda": FRACTION,
+        "lr_means": POSITIVE, "lr_means_final": POSITIVE, "lr_scales": NON_NEGATIVE, "lr_quats": NON_NEGATIVE,
+        "lr_opacities": NON_NEGATIVE, "lr_sh0": NON_NEGATIVE, "lr_shN": NON_NEGATIVE, "refine_start": NON_NEGATIVE,
+        "refine_stop": NON_NEGATIVE, "refine_every": COUNT, "reset_opacity_every": COUNT, "grow_grad2d": POSITIVE,
+    }
     max_steps: int = 30_000
     init: str = "points"  # "points" (the scene's point cloud; random if it has none) or "random"
     init_num_random: int = 100_000  # Gaussians for random initialisation
@@ -177,9 +186,15 @@ class Splat(Method):
 
     # ---- checkpoints: the number of Gaussians changes during training -------------------------
     def load_state_dict(self, state_dict, strict: bool = True):
+        """Resizes the Gaussians to the checkpoint's count; other dimensions must match this model."""
+        counts = {state_dict[f"params.{name}"].shape[0] for name in self.params if f"params.{name}" in state_dict}
         for name in list(self.params.keys()):
             key = f"params.{name}"
-            if key in state_dict and state_dict[key].shape != self.params[name].shape:
+            if key not in state_dict:
+                continue
+            if len(counts) > 1 or state_dict[key].shape[1:] != self.params[name].shape[1:]:
+                raise RuntimeError(f"{key} has shape {tuple(state_dict[key].shape)}, expected [{', '.join(['N', *map(str, self.params[name].shape[1:])])}] with one N for all parameters")
+            if state_dict[key].shape != self.params[name].shape:
                 self.params[name] = torch.nn.Parameter(torch.empty_like(state_dict[key], device=self.device))
         self._make_optimizers()
         return super().load_state_dict(state_dict, strict)

@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field")
     train.add_argument("--out", type=Path, default=None, help="run directory (default runs/<method>/<scene>/<time>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    train.add_argument("--restart", action="store_true", help="start over in an --out that holds a run, after moving the old run to OUT.old-<time>")
     train.add_argument("--downscale", type=int, default=1, help="image downscale factor")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--viewer", action="store_true", help="serve a live viser viewer while training (and after, until Ctrl-C)")
@@ -91,13 +92,12 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    import json
     from dataclasses import fields
 
     import data
     from recon.methods import find_method
     from recon.methods.base import config_from_dict
-    from recon.runs import apply_overrides, default_run_dir, preset_config
+    from recon.runs import apply_overrides, default_run_dir, prepare_run_dir, preset_config, read_run_info
     from recon.trainer import Trainer
 
     method_cls = find_method(args.method)
@@ -110,17 +110,20 @@ def cmd_train(args: argparse.Namespace) -> None:
         if flag is not None:
             overrides[key] = str(flag)
     data_path, preset, data_options = args.data, args.preset, {"downscale": args.downscale}
+    if args.resume and args.restart:
+        raise ValueError("--resume and --restart: choose one (continue the run, or move it aside and start over)")
     if args.resume:  # continue with the run's own settings; only explicit overrides change them
-        saved = (args.out or Path("--out")) / "config.json"
-        if args.out is None or not saved.is_file():
-            raise ValueError(f"--resume: {saved} not found (--out must name the run to continue)")
-        info = json.loads(saved.read_text())
+        if args.out is None:
+            raise ValueError("--resume: --out must name the run to continue")
+        info = read_run_info(args.out)
         data_path, preset, data_options = Path(info["data"]), info["preset"], info["data_options"]
         config = apply_overrides(config_from_dict(method_cls.Config, info["config"]), overrides)
     else:
         if data_path is None:
             raise ValueError("--data DIR is required (the dataset to train on)")
         config = apply_overrides(preset_config(method_cls, preset), overrides)
+        if args.out is not None:
+            prepare_run_dir(args.out, restart=args.restart)
     scene = data.load(data_path, **data_options)
     run_dir = args.out or default_run_dir(method_cls.name, scene.name)
     torch.manual_seed(config.seed)
@@ -192,7 +195,20 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {method.num_gaussians} Gaussians to {out}")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings for users as one line each (they name their file), without Python's source location."""
+    print(f"recon: warning: {message}", file=sys.stderr if file is None else file)
+
+
+def _error_line(error: Exception) -> str:
+    if isinstance(error, OSError) and error.filename is not None:  # e.g. --out in a read-only directory
+        return f"{error.filename}: {error.strerror or error}"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     from data import DataError
     from recon.io import CheckpointError
 
@@ -200,13 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     handlers = {"data": cmd_data_synth, "train": cmd_train, "eval": cmd_eval, "render": cmd_render, "view": cmd_view, "export": cmd_export}
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         if args.device is not None:
             _check_device(args.device)
         handlers[args.command](args)
-    except (DataError, CheckpointError, ValueError, FileNotFoundError) as error:
-        print(f"recon: error: {error}", file=sys.stderr)
+    except (DataError, CheckpointError, ValueError, OSError) as error:
+        print(f"recon: error: {_error_line(error)}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = shown
     return 0
 
 

@@ -21,7 +21,8 @@ class CheckpointError(RuntimeError):
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) on a temporary file beside `path`, then rename it over `path`.
 
-    A crash mid-write leaves the previous file intact.
+    The file is flushed to disk before the rename and the directory after it, so a crash or power
+    loss at any point leaves either the previous file or the complete new one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,10 +31,21 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+        _fsync(tmp, os.O_RDONLY)
         os.replace(tmp, path)
+        if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself durable
+            _fsync(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fsync(path: str | Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, obj: Any) -> None:

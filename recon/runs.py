@@ -12,7 +12,7 @@ import data
 from recon.io import CheckpointError
 from recon.methods import find_method
 from recon.methods.base import Method, TrainConfig, config_from_dict
-from recon.trainer import latest_checkpoint, restore
+from recon.trainer import holds_run, latest_checkpoint, restore
 
 
 def default_run_dir(method: str, scene_name: str, root: Path = Path("runs")) -> Path:
@@ -25,8 +25,11 @@ def preset_config(method_cls: type[Method], preset: str) -> TrainConfig:
     return method_cls.presets[preset]
 
 
+BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def apply_overrides(config: TrainConfig, overrides: dict[str, str]) -> TrainConfig:
-    """`config` with `field=value` overrides, each value parsed as its field's type."""
+    """`config` with `field=value` overrides, each value parsed as its field's type; validated."""
     types = {f.name: type(getattr(config, f.name)) for f in fields(config)}
     parsed = {}
     for key, text in overrides.items():
@@ -34,28 +37,53 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, str]) -> TrainConf
             raise ValueError(f"--set {key}: no such setting (settings: {', '.join(types)})")
         kind = types[key]
         try:
-            parsed[key] = (text.lower() in ("1", "true", "yes")) if kind is bool else kind(text)
-        except ValueError:
-            raise ValueError(f"--set {key}={text}: expected a {kind.__name__}") from None
-    return replace(config, **parsed)
+            parsed[key] = BOOLEANS[text.lower()] if kind is bool else kind(text)
+        except (KeyError, ValueError):
+            expected = "true or false" if kind is bool else f"{'an' if kind is int else 'a'} {kind.__name__}"
+            raise ValueError(f"--set {key}={text}: expected {expected}") from None
+    config = replace(config, **parsed)
+    config.validate()
+    return config
+
+
+def prepare_run_dir(run_dir: Path, *, restart: bool) -> None:
+    """Refuse to start a new run over an old one; with `restart`, move the old one aside first
+    (to RUN_DIR.old-<time>, never deleted)."""
+    if not holds_run(run_dir):
+        return
+    if not restart:
+        raise ValueError(f"--out {run_dir}: already holds a run (--resume continues it; --restart moves it aside and starts over)")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = next(p for n in range(1, 1000) if not (p := run_dir.with_name(f"{run_dir.name}.old-{stamp}" + (f"-{n}" if n > 1 else ""))).exists())
+    run_dir.rename(aside)
+    print(f"moved the previous run to {aside}")
+
+
+def read_run_info(run_dir: Path) -> dict:
+    """config.json of a run: method, preset, data, data_options, config; CheckpointError naming the file."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a run directory (no config.json)")
+    try:
+        info = json.loads(path.read_text())
+        if not (isinstance(info["data"], str) and isinstance(info["preset"], str) and isinstance(info["data_options"], dict) and isinstance(info["config"], dict)):
+            raise ValueError("data, preset, data_options or config of the wrong type")
+        config_from_dict(find_method(info["method"]).Config, info["config"]).validate()
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: malformed run config ({type(error).__name__}: {error})") from None
+    return info
 
 
 def open_run(run_dir: Path, device: torch.device | str | None = None) -> tuple[Method, dict]:
     """Rebuild the method of a finished (or running) run from its config and latest checkpoint
     (on `device`; default CUDA when present)."""
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{config_path}: not a run directory (no config.json)")
-    try:
-        info = json.loads(config_path.read_text())
-        method_cls = find_method(info["method"])
-    except (json.JSONDecodeError, KeyError, ValueError) as error:
-        raise CheckpointError(f"{config_path}: malformed run config ({error})") from None
+    info = read_run_info(run_dir)
+    method_cls = find_method(info["method"])
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint in this run")
-    scene = data.load(info["data"], **info.get("data_options", {}))
+    scene = data.load(info["data"], **info["data_options"])
     method = method_cls(config_from_dict(method_cls.Config, info["config"]), scene, device=device)
     state = restore(method, checkpoint, training=False)
     method.eval()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -16,9 +17,16 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from recon.io import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, write_json
+from recon.io import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, write_json, write_text
 from recon.methods.base import Method
 from recon.metrics import psnr
+
+
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints")  # what makes a directory hold a run
+
+
+def holds_run(run_dir: Path) -> bool:
+    return any((Path(run_dir) / name).exists() for name in RUN_FILES)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -31,13 +39,48 @@ def restore(method: Method, path: Path, *, training: bool) -> dict:
     state = load_checkpoint(path)
     if state["method"] != method.name:
         raise CheckpointError(f"{path}: checkpoint is for method {state['method']!r}, not {method.name!r}")
+    required = {"model": dict, **({"training": dict, "torch_rng": torch.Tensor, "train_time": (int, float)} if training else {})}
+    for key, kind in required.items():
+        if not isinstance(state.get(key), kind):
+            raise CheckpointError(f"{path}: checkpoint has no valid {key!r} entry")
     try:
         method.load_state_dict(state["model"])
     except RuntimeError as error:
         raise CheckpointError(f"{path}: checkpoint does not fit this model ({str(error).splitlines()[0]})") from None
+    if bad := {name: count for name, p in method.named_parameters() if (count := int((~p.isfinite()).sum()))}:
+        listed = ", ".join(f"{name} {count}" for name, count in bad.items())
+        raise CheckpointError(f"{path}: {sum(bad.values())} non-finite parameter values ({listed}); the run diverged before this checkpoint")
     if training:
-        method.load_training_state(state["training"])
+        try:
+            method.load_training_state(state["training"])
+        except (KeyError, ValueError, RuntimeError) as error:
+            raise CheckpointError(f"{path}: training state does not fit this model ({type(error).__name__}: {error})".splitlines()[0]) from None
     return state
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl; a torn last line (a kill mid-write) is dropped with a warning."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("no step")
+        except ValueError:
+            if number < len(lines):
+                raise CheckpointError(f"{path}: line {number} is not a metrics record") from None
+            warnings.warn(f"{path}: dropped a torn last line (the run was interrupted while logging)", stacklevel=2)
+            break
+        records.append(record)
+    return records
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete the temporaries of writes that a kill interrupted (`atomic_write` names them .NAME.*.tmp*)."""
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for tmp in folder.glob(".*.tmp*"):
+            tmp.unlink()
 
 
 class Trainer:
@@ -52,18 +95,22 @@ class Trainer:
         (viewer.Viewer) each step runs inside `viewer.training_step()` and reports `viewer.update(step, stats)`."""
         config = self.method.config
         start_step, train_time = 0, 0.0
-        checkpoint = latest_checkpoint(self.run_dir) if resume else None
-        if resume and checkpoint is None:
-            raise CheckpointError(f"{self.run_dir}: --resume given but no checkpoint in {self.run_dir / 'checkpoints'}")
-        if checkpoint is not None:
+        if resume:
+            checkpoint = latest_checkpoint(self.run_dir)
+            if checkpoint is None:
+                raise CheckpointError(f"{self.run_dir}: --resume given but no checkpoint in {self.run_dir / 'checkpoints'}")
             state = restore(self.method, checkpoint, training=True)
             start_step, train_time = state["step"], state["train_time"]
+            if start_step > config.max_steps:
+                raise CheckpointError(f"{checkpoint}: the run is at step {start_step}, past max_steps={config.max_steps} (--max-steps extends a run)")
             torch.set_rng_state(state["torch_rng"])
+            remove_stale_temporaries(self.run_dir)
             self._truncate_metrics(start_step)
         else:
+            if holds_run(self.run_dir):
+                raise CheckpointError(f"{self.run_dir}: already holds a run (resume it, or train into another directory)")
             torch.manual_seed(config.seed)
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.metrics_path.unlink(missing_ok=True)
         write_json(self.run_dir / "config.json", {**self.run_info, "config": asdict(config)})
 
         last_eval: dict[str, float] = {}
@@ -128,8 +175,8 @@ class Trainer:
     def _truncate_metrics(self, step: int) -> None:
         """Drop lines logged after the checkpoint we resume from (they will be logged again)."""
         if self.metrics_path.exists():
-            lines = [line for line in self.metrics_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-            self.metrics_path.write_text("".join(line + "\n" for line in lines))
+            kept = [record for record in read_metrics(self.metrics_path) if record["step"] <= step]
+            write_text(self.metrics_path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def plot_curves(self) -> None:
         """curves.png: training loss and PSNR, validation PSNR, against the step."""
@@ -138,7 +185,7 @@ class Trainer:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        records = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+        records = read_metrics(self.metrics_path)
         train = [r for r in records if "loss" in r]
         val = [r for r in records if any(k.endswith("_psnr") for k in r)]
         fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(10, 4))

@@ -24,18 +24,24 @@ def read_vertices(path: Path) -> np.ndarray:
     if "format binary_little_endian 1.0" not in lines:
         raise DataError(f"{path}: only binary_little_endian PLY files are supported")
     count, fields, in_vertex = 0, [], False
-    for line in lines:
+    for number, line in enumerate(lines, 1):
         words = line.split()
         if words[:1] == ["element"]:
             if in_vertex:
                 break  # later elements follow the vertex data, which is all we read
-            if words[1] != "vertex":
-                raise DataError(f"{path}: expected the vertex element first, got {words[1]!r}")
+            if len(words) != 3 or words[1] != "vertex":
+                raise DataError(f"{path}: header line {number} {line!r}: expected 'element vertex COUNT' first")
+            if not (words[2].isascii() and words[2].isdigit()):
+                raise DataError(f"{path}: header line {number} {line!r}: the vertex count must be a non-negative integer")
             in_vertex, count = True, int(words[2])
         elif words[:1] == ["property"] and in_vertex:
-            if words[1] == "list" or words[1] not in _TYPES:
-                raise DataError(f"{path}: unsupported vertex property {' '.join(words[1:])!r}")
+            if len(words) != 3 or words[1] not in _TYPES:
+                raise DataError(f"{path}: header line {number} {line!r}: expected 'property TYPE NAME' with a scalar type")
+            if words[2] in dict(fields):
+                raise DataError(f"{path}: header line {number}: vertex property {words[2]!r} appears twice")
             fields.append((words[2], _TYPES[words[1]]))
+    if not in_vertex or not fields:
+        raise DataError(f"{path}: no vertex element with properties in the header")
     dtype = np.dtype(fields)
     body = raw[end + len(b"end_header\n"):]
     if len(body) < count * dtype.itemsize:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import colorsys
 import json
 import math
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,8 @@ DEFAULT_FORMAT = "blender"
 DEFAULT_SEED = 0
 DEFAULT_VIEWS = 100
 DEFAULT_RES = 128
+VIEWS_RANGE = (2, 2000)
+RES_RANGE = (8, 2048)  # 2×2 supersampled ray casting of a 2048² view takes ~2 GB
 
 SUPERSAMPLE = 2  # rays per pixel side
 NUM_POINTS = 20_000  # ground-truth surface samples (70 % on objects)
@@ -81,7 +85,8 @@ def generate(
     views: int = DEFAULT_VIEWS,
     res: int = DEFAULT_RES,
 ) -> Path:
-    """Write a synthetic scene to `out_dir` (new or empty) and return its path.
+    """Write a synthetic scene to `out_dir` (new or empty; written beside it and renamed when
+    complete) and return its path.
 
     Blender: `views` train views on a random hemisphere, max(2, views // 10) val and
     max(4, views // 5) test views on two fixed orbits, res×res RGBA. LLFF: `views` forward-facing
@@ -89,13 +94,25 @@ def generate(
     """
     if format not in FORMATS:
         raise DataError(f"format: expected one of {FORMATS}, got {format!r}")
-    if isinstance(views, bool) or not isinstance(views, int) or views < 2:
-        raise DataError(f"views: expected an integer >= 2, got {views!r}")
-    if isinstance(res, bool) or not isinstance(res, int) or res < 8:
-        raise DataError(f"res: expected an integer >= 8, got {res!r}")
+    for name, value, (low, high) in (("views", views, VIEWS_RANGE), ("res", res, RES_RANGE)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise DataError(f"{name}: expected an integer in [{low}, {high}], got {value!r}")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out}: expected a new or empty directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.{os.getpid()}.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # left by an earlier process of the same id
+    try:
+        _write_scene(partial, format, seed, views, res)
+        partial.replace(out)  # a failed or interrupted run leaves no half-written scene at `out`
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial)
+    return out
+
+
+def _write_scene(out: Path, format: str, seed: int, views: int, res: int) -> None:
     rng = np.random.default_rng(seed)
     objects = _make_objects(rng)
     background = _blender_floor() if format == "blender" else _llff_backdrop()
@@ -120,7 +137,6 @@ def generate(
     ]
     (out / GT_DIR / "objects.json").write_text(json.dumps(objects_json, indent=1))
     _write_points(out / GT_DIR / "points.ply", parts, rng)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

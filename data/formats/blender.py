@@ -123,6 +123,9 @@ def _pose(source: str, frame: dict[str, Any]) -> np.ndarray:
         raise DataError(f"{source}: expected 'transform_matrix' as a 4x4 list of numbers")
     if not np.isfinite(c2w).all():
         raise DataError(f"{source} ({frame['file_path']}): 'transform_matrix' has non-finite values")
+    rotation = c2w[:3, :3]
+    if not (np.allclose(rotation.T @ rotation, np.eye(3), atol=1e-2) and np.linalg.det(rotation) > 0 and np.allclose(c2w[3], [0, 0, 0, 1])):
+        raise DataError(f"{source} ({frame['file_path']}): 'transform_matrix' is not a camera pose (rotation and translation over a 0 0 0 1 row)")
     return c2w
 
 
@@ -137,16 +140,21 @@ def _intrinsics(source: str, frame: dict[str, Any], meta: dict[str, Any], height
         given = pick(key)
         if given is not None and given != actual:
             raise DataError(f"{source}: image {key}={actual} differs from the {key!r} key ({given:g})")
-    fx = pick("fl_x")
+    def focal(key: str, angle_key: str, size: int) -> float | None:
+        """fl_x / fl_y, or the focal length of camera_angle_x / _y (a field of view in radians)."""
+        value, angle = pick(key), pick(angle_key)
+        if value is None and angle is not None:
+            if not 0 < angle < math.pi:
+                raise DataError(f"{source}: {angle_key!r} must be a field of view in radians between 0 and π, got {angle:g}")
+            value = 0.5 * size / math.tan(0.5 * angle)
+        if value is not None and value <= 0:
+            raise DataError(f"{source}: {key!r} must be a positive focal length in pixels, got {value:g}")
+        return value
+
+    fx = focal("fl_x", "camera_angle_x", width)
     if fx is None:
-        angle = pick("camera_angle_x")
-        if angle is None:
-            raise DataError(f"{source}: missing key 'camera_angle_x' (or 'fl_x')")
-        fx = 0.5 * width / math.tan(0.5 * angle)
-    fy = pick("fl_y")
-    if fy is None:
-        angle_y = pick("camera_angle_y")
-        fy = fx if angle_y is None else 0.5 * height / math.tan(0.5 * angle_y)
+        raise DataError(f"{source}: missing key 'camera_angle_x' (or 'fl_x')")
+    fy = focal("fl_y", "camera_angle_y", height) or fx
     cx, cy = pick("cx"), pick("cy")
     return intrinsics(fx, fy, width / 2 if cx is None else cx, height / 2 if cy is None else cy)
 

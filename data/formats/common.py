@@ -310,7 +310,12 @@ def read_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: expected a non-empty point cloud with x y z red green blue properties")
     points = np.stack([table[a] for a in "xyz"], -1).astype(np.float64)
     colors = np.stack([table[c] for c in ("red", "green", "blue")], -1).astype(np.float64)
-    return points, colors / 255.0 if table["red"].dtype == np.uint8 else colors
+    finite = np.isfinite(points).all(-1) & np.isfinite(colors).all(-1)  # [P]
+    if not finite.any():
+        raise DataError(f"{path}: every point has a NaN or infinite value")
+    if not finite.all():
+        warnings.warn(f"{path}: dropped {int((~finite).sum())} of {len(finite)} points with NaN or infinite values", stacklevel=2)
+    return points[finite], (colors / 255.0 if table["red"].dtype == np.uint8 else colors)[finite]
 
 
 def _vec3(value: Any, source: str, key: str) -> np.ndarray:

@@ -23,8 +23,22 @@ def write_png(path: Path, image: torch.Tensor) -> None:
     atomic_write(path, lambda tmp: iio.imwrite(tmp, to_uint8(image)))
 
 
+ERROR_MAP_MAX = 0.25  # mean absolute RGB error shown at the top of the error map's colour scale
+
+
+def comparison_image(target: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+    """[H, 3·W, 3]: ground truth | render | error map (mean absolute RGB error, inferno colours,
+    black = 0, yellow-white ≥ ERROR_MAP_MAX)."""
+    from matplotlib import colormaps
+
+    error = ((rgb - target).abs().mean(-1) / ERROR_MAP_MAX).clamp(0, 1)  # [H, W]
+    colours = torch.from_numpy(colormaps["inferno"](error.numpy())[..., :3]).float()  # [H, W, 3]
+    return torch.cat([target, rgb, colours], dim=1)
+
+
 def evaluate(method: Method, out_dir: Path, split: str = "test", max_views: int | None = None) -> dict:
-    """Render every view of `split`; write per-view images, results.json and results.md to out_dir.
+    """Render every view of `split`; write per-view renders, compare/ images (ground truth | render |
+    error map), results.json and results.md to out_dir.
 
     Metrics are computed on 8-bit-quantised renders, as 3DGS and NerfBaselines do.
     """
@@ -40,6 +54,7 @@ def evaluate(method: Method, out_dir: Path, split: str = "test", max_views: int 
         rgb = torch.from_numpy(to_uint8(rgb)).float() / 255
         name = scene.image_paths[i].stem if scene.image_paths else f"view_{i:04d}"
         write_png(out_dir / f"{name}.png", rgb)
+        write_png(out_dir / "compare" / f"{name}.png", comparison_image(scene.images[i], rgb))
         score = lpips(rgb, scene.images[i])
         rows.append({
             "view": name,
@@ -74,6 +89,8 @@ def _markdown(results: dict) -> str:
 def render_path(method: Method, out_dir: Path, path: str = "orbit", num_frames: int = 120, fps: int = 30) -> Path:
     """Render a camera path (orbit around the training cameras, or a forward-facing spiral);
     write frame PNGs to out_dir/<path>/ and out_dir/<path>.mp4; returns the video path."""
+    if num_frames < 1 or fps < 1:
+        raise ValueError(f"--frames {num_frames} --fps {fps}: expected positive numbers")
     scene = method.scene
     train_c2w = scene.c2w[scene.split("train")]
     if path == "orbit":

@@ -8,6 +8,7 @@ scale_0..2 (log), rot_0..3 (w x y z quaternion). Files from other 3DGS trainers 
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,9 @@ import torch
 from data import DataError
 from data.ply import read_vertices
 from recon.io import atomic_write
+
+MAX_SH_DEGREE = 3  # what the rasterizers evaluate
+
 
 def write_ply(path: Path, params: dict[str, torch.Tensor]) -> None:
     """Write Gaussians given as raw parameters: means [N,3], scales [N,3] (log), quats [N,4],
@@ -50,11 +54,16 @@ def read_ply(path: Path) -> dict[str, torch.Tensor]:
     def stack(columns: list[str]) -> torch.Tensor:
         return torch.from_numpy(np.stack([table[c].astype(np.float32) for c in columns], -1))
 
-    rest_names = sorted((n for n in names if n.startswith("f_rest_")), key=lambda n: int(n[7:]))
-    if len(rest_names) % 3 or int(round(math.sqrt(len(rest_names) // 3 + 1))) ** 2 != len(rest_names) // 3 + 1:
-        raise DataError(f"{path}: {len(rest_names)} f_rest properties is not 3·((degree+1)²−1)")
+    if count == 0:
+        raise DataError(f"{path}: holds no Gaussians (0 vertices)")
+    rest_names = sorted((n for n in names if n.startswith("f_rest_")), key=lambda n: int(n[7:]) if n[7:].isdigit() else -1)
+    degree = int(round(math.sqrt(len(rest_names) // 3 + 1))) - 1
+    if len(rest_names) % 3 or (degree + 1) ** 2 != len(rest_names) // 3 + 1 or rest_names != [f"f_rest_{i}" for i in range(len(rest_names))]:
+        raise DataError(f"{path}: {len(rest_names)} f_rest properties are not f_rest_0 .. f_rest_M-1 with M = 3·((degree+1)²−1)")
+    if degree > MAX_SH_DEGREE:
+        raise DataError(f"{path}: SH degree {degree} ({len(rest_names)} f_rest properties); degrees 0 to {MAX_SH_DEGREE} are supported")
     rest = stack(rest_names) if rest_names else torch.zeros(count, 0)
-    return {
+    gaussians = {
         "means": stack(["x", "y", "z"]),
         "scales": stack(["scale_0", "scale_1", "scale_2"]),
         "quats": stack(["rot_0", "rot_1", "rot_2", "rot_3"]),
@@ -62,3 +71,11 @@ def read_ply(path: Path) -> dict[str, torch.Tensor]:
         "sh0": stack(["f_dc_0", "f_dc_1", "f_dc_2"])[:, None, :],
         "shN": rest.view(count, 3, -1).transpose(1, 2).contiguous(),  # [N, K−1, 3]
     }
+    finite = torch.stack([t.reshape(count, -1).isfinite().all(-1) for t in gaussians.values()]).all(0)  # [N]
+    if not finite.all():
+        dropped = int((~finite).sum())
+        if dropped == count:
+            raise DataError(f"{path}: every one of its {count} Gaussians has a NaN or infinite value")
+        warnings.warn(f"{path}: dropped {dropped} of {count} Gaussians with NaN or infinite values", stacklevel=2)
+        gaussians = {name: t[finite].contiguous() for name, t in gaussians.items()}
+    return gaussians

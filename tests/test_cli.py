@@ -1,12 +1,14 @@
-"""The command line end to end (synth → train → eval → render) and its one-line errors."""
+"""The command line end to end (synth → train → eval → render); its errors are in test_bad_inputs.py."""
 import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import imageio.v3 as iio
 import pytest
 
+import recon.cli as recon_cli
 from recon.cli import main
 
 
@@ -36,7 +38,7 @@ def test_train_writes_a_complete_run_directory(trained_run):
 
 
 def test_eval_writes_per_view_and_mean_metrics(trained_run, capsys):
-    _, run = trained_run
+    scene, run = trained_run
     assert run_cli("eval", run) == 0
     results = json.loads((run / "eval" / "results.json").read_text())
     assert results["num_views"] == 4 and len(results["views"]) == 4
@@ -44,9 +46,20 @@ def test_eval_writes_per_view_and_mean_metrics(trained_run, capsys):
     assert results["mean"]["lpips"] is None  # no local LPIPS weights
     table = (run / "eval" / "results.md").read_text()
     assert "| **mean** |" in table and "n/a" in table
-    image = iio.imread(run / "eval" / f"{results['views'][0]['view']}.png")
+    name = results["views"][0]["view"]
+    image = iio.imread(run / "eval" / f"{name}.png")
     assert image.shape == (24, 24, 3)
     assert "PSNR" in capsys.readouterr().out
+    # ground truth | render | error map, side by side
+    compare = iio.imread(run / "eval" / "compare" / f"{name}.png").astype(int)
+    assert compare.shape == (24, 72, 3)
+    rgba = iio.imread(scene / "test" / f"{name}.png") / 255.0
+    composited = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])  # on white
+    assert abs(compare[:, :24] - composited * 255).max() <= 1
+    assert (compare[:, 24:48] == image).all()
+    error = abs(compare[:, :24] - compare[:, 24:48]).mean(-1)
+    dark = compare[:, 48:].sum(-1)  # inferno: black at zero error, brighter with more
+    assert dark[error < 1].mean() < dark[error > 10].mean()
 
 
 def test_render_writes_frames_and_video(trained_run):
@@ -68,31 +81,12 @@ def test_resume_extends_a_run(trained_run, tmp_path):
     assert json.loads((copy / "config.json").read_text())["config"]["rays_per_batch"] == 512
 
 
-def error_of(capsys, *args) -> str:
-    assert run_cli(*args) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
-def test_bad_input_gives_one_clear_line(trained_run, tmp_path, capsys):
-    scene, run = trained_run
-    assert str(tmp_path / "nowhere") in error_of(capsys, "train", "nerf", "--data", tmp_path / "nowhere", "--quiet")
-    assert "no_such_field" in error_of(capsys, "train", "nerf", "--data", scene, "--set", "no_such_field=1")
-    assert "expected a int" in error_of(capsys, "train", "nerf", "--data", scene, "--set", "max_steps=ten")
-    assert "turbo" in error_of(capsys, "train", "nerf", "--data", scene, "--preset", "turbo")
-    assert "unknown method" in error_of(capsys, "train", "nosuch", "--data", scene)
-    assert "config.json" in error_of(capsys, "eval", tmp_path)
-    assert "--device warp9" in error_of(capsys, "--device", "warp9", "eval", run)
-    broken = tmp_path / "broken"
-    shutil.copytree(run, broken)
-    (broken / "checkpoints" / "step_0000120.pt").write_bytes(b"not a checkpoint")
-    assert "step_0000120.pt" in error_of(capsys, "eval", broken)
-
-
-def test_console_script_is_installed():
-    recon = shutil.which("recon", path=str(__import__("pathlib").Path(sys.executable).parent))
+def test_console_script_runs_the_code_under_test(tmp_path):
+    """The installed `recon` script imports this checkout (an editable install), not some other copy."""
+    recon = shutil.which("recon", path=str(Path(sys.executable).parent))
     assert recon is not None
-    out = subprocess.run([recon, "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("data", "train", "eval", "render"):
-        assert command in out
+    interpreter = Path(recon).read_text().splitlines()[0].removeprefix("#!")
+    imported = subprocess.run([interpreter, "-c", "import recon.cli; print(recon.cli.__file__)"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert Path(imported.strip()) == Path(recon_cli.__file__)
+    out = subprocess.run([recon, "data", "synth", "--views", "2", "--res", "8", "--out", "s"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert "wrote blender scene" in out and (tmp_path / "s" / "transforms_train.json").is_file()

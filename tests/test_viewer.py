@@ -1,5 +1,6 @@
 """The viser viewer: camera conversion, a real browser showing server-side renders that follow the
-camera, loopback-only binding, port fallback, pause, and render errors that never stop training."""
+camera, a first view the training cameras leave clear, loopback-only binding, port fallback, pause,
+and render errors that never stop training."""
 import logging
 import math
 import os
@@ -110,23 +111,52 @@ def browser():
         browser.close()
 
 
+def connected_client(viewer):
+    """The one browser tab connected to `viewer`, once it has connected (at most 30 s)."""
+    deadline = time.monotonic() + 30
+    while not viewer.server.get_clients() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (client,) = viewer.server.get_clients().values()
+    return client
+
+
+def server_render(viewer, client, height: int, width: int) -> np.ndarray:
+    """The server's render for the tab's current camera, stretched to the page: [height, width] grey."""
+    image = viewer.render(Camera.of(client.camera), viewer.resolution.value, viewer.render_mode.value)
+    image = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=(height, width), mode="bilinear")
+    return image[0].mean(0).numpy()
+
+
+def grey_screenshot(page) -> np.ndarray:
+    return iio.imread(page.screenshot(), extension=".png")[..., :3].mean(-1)
+
+
+def settled_screenshot(page, view) -> np.ndarray:
+    """A grey screenshot once the tab's full-resolution frame has been sent and the page stopped changing."""
+    deadline, previous = time.monotonic() + 30, None
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if not (view.full and view.rendered_camera_time == view.camera_time):
+            previous = None  # no frame yet, or a quick low-resolution one
+            continue
+        shot = grey_screenshot(page)
+        if previous is not None and np.array_equal(shot, previous):
+            return shot
+        previous = shot
+    raise AssertionError("the page never settled on a full-resolution frame")
+
+
 def test_browser_shows_the_render_and_follows_the_camera(browser, saved_viewer):
     viewer = saved_viewer
     viewer.show_cameras.value = False  # only the server-side render on the canvas
     region = (slice(150, 540), slice(0, 460))  # below the notifications, left of the control panel
 
-    def expected(client) -> np.ndarray:
-        """The server's render for the browser's current camera, stretched to the page: [H, W] grey."""
-        image = viewer.render(Camera.of(client.camera), viewer.resolution.value, viewer.render_mode.value)
-        image = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=(600, 800), mode="bilinear")
-        return image[0].mean(0).numpy()[region]
-
     def wait_for_match(page, client, differs_from=None) -> np.ndarray:
         """Screenshots until the page shows the expected render (correlation > 0.9); returns the region."""
         deadline, corr = time.monotonic() + 30, None
         while time.monotonic() < deadline:
-            shot = iio.imread(page.screenshot(), extension=".png")[..., :3].mean(-1)[region]
-            corr = np.corrcoef(shot.ravel(), expected(client).ravel())[0, 1]
+            shot = grey_screenshot(page)[region]
+            corr = np.corrcoef(shot.ravel(), server_render(viewer, client, 600, 800)[region].ravel())[0, 1]
             if corr > 0.9 and (differs_from is None or np.abs(shot - differs_from).mean() > 8):
                 return shot
             time.sleep(0.5)
@@ -134,10 +164,7 @@ def test_browser_shows_the_render_and_follows_the_camera(browser, saved_viewer):
 
     page = browser.new_page(viewport={"width": 800, "height": 600})
     page.goto(viewer.url)
-    deadline = time.monotonic() + 30
-    while not viewer.server.get_clients() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    (client,) = viewer.server.get_clients().values()
+    client = connected_client(viewer)
     first = wait_for_match(page, client)
     assert first.std() > 10  # rendered objects, not an empty canvas
     page.mouse.move(150, 400)  # orbit by dragging, as a person would
@@ -147,6 +174,24 @@ def test_browser_shows_the_render_and_follows_the_camera(browser, saved_viewer):
     wait_for_match(page, client, differs_from=first)
     viewer.render_mode.value = "Depth"
     wait_for_match(page, client, differs_from=first)
+
+
+def test_the_first_view_shows_the_scene_unobstructed(browser, saved_viewer):
+    """With the training cameras shown, the middle of the page as it first settles, before any
+    interaction, is the server's render of the browser's camera: the scene, no frustum in front."""
+    viewer, scene = saved_viewer, saved_viewer.method.scene
+    middle = (slice(200, 600), slice(440, 840))  # 400×400 px at the centre, clear of notifications and panel
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(viewer.url)
+    client = connected_client(viewer)
+    shot = settled_screenshot(page, viewer._views[client.client_id])
+    assert client.camera.fov == pytest.approx(2 * math.atan(0.5 * scene.height / float(scene.K[0, 1, 1])), rel=1e-3)
+    expected = server_render(viewer, client, 800, 1280)[middle]
+    assert expected.std() > 10  # the scene is in the middle, not background
+    difference = np.abs(shot[middle] - expected)  # JPEG and scaling: under 16 grey levels everywhere
+    assert difference.mean() < 3, f"the middle of the first view differs from the render by {difference.mean():.1f} grey levels on average"
+    covered = (difference > 32).mean()  # thin frustum lines across the scene would cover ~1%
+    assert covered < 0.002, f"{covered:.1%} of the middle of the first view is covered (frustums in front of the scene)"
 
 
 def test_default_bind_is_loopback_only(saved_viewer):

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import viser
 import viser.transforms as vtf
 
@@ -37,6 +36,9 @@ REFRESH_MIN_S = 5.0  # while training, a still view is re-rendered at most this 
 POINTS_EVERY_S = 10.0  # refresh of the Gaussian centres while training
 MAX_POINTS = 100_000  # point cloud size cap (every k-th point beyond it)
 SH_C0 = 0.28209479177387814  # Gaussian colour = SH_C0 · sh0 + 0.5
+FRUSTUM_SIZE = 0.2  # training-camera frustum size (viser's scale) per median distance between neighbouring cameras
+FRUSTUM_LINE_PX = 1.5  # frustum line width in screen pixels
+FRUSTUM_GREY = (150, 150, 150)
 
 
 @dataclass
@@ -266,7 +268,9 @@ class Viewer:
 
     # ---- scene context ------------------------------------------------------------------------
     def _add_scene_context(self) -> None:
-        """Training cameras with thumbnails, the point cloud, the up direction and the first view."""
+        """Training cameras as small grey wireframes, the point cloud, the up direction and the first
+        view: from the first training camera, at the scene centre. (Seen from outside a ring of cameras,
+        the ring's near side lies over the scene at any distance; seen from the ring, nothing does.)"""
         scene = self.method.scene
         train = scene.split("train")
         K, c2w = scene.K[train], scene.c2w[train]  # [T, 3, 3], [T, 4, 4]
@@ -277,15 +281,16 @@ class Viewer:
         self.server.scene.set_up_direction(up / max(np.linalg.norm(up), 1e-8))
         fov = 2 * math.atan(0.5 * scene.height / float(K[0, 1, 1]))
         self.server.initial_camera.fov = fov
-        self.server.initial_camera.position = centre + 1.25 * (positions[0] - centre)  # behind the first training camera
+        self.server.initial_camera.position = positions[0]
         self.server.initial_camera.look_at = centre
         self.server.initial_camera.up = up
-        thumbnails = _thumbnails(scene.images[train], 96)  # [T, h, w, 3]
+        # No thumbnails: opaque images drawn over the render, and the first camera's would fill the first view
+        frustum_scale = FRUSTUM_SIZE * (_neighbour_spacing(c2w[:, :3, 3]) or self._scale)
         self._frustums, self._points = [], None
-        for i, (pose, thumbnail) in enumerate(zip(c2w.numpy(), thumbnails)):
+        for i, pose in enumerate(c2w.numpy()):
             frustum = self.server.scene.add_camera_frustum(
-                f"/cameras/{i}", fov=fov, aspect=scene.width / scene.height, scale=0.08 * self._scale,
-                image=thumbnail, wxyz=vtf.SO3.from_matrix(pose[:3, :3]).wxyz, position=pose[:3, 3])
+                f"/cameras/{i}", fov=fov, aspect=scene.width / scene.height, scale=frustum_scale, color=FRUSTUM_GREY,
+                thickness=FRUSTUM_LINE_PX, thickness_units="screen", wxyz=vtf.SO3.from_matrix(pose[:3, :3]).wxyz, position=pose[:3, 3])
             frustum.on_click(lambda event, pose=pose: self._go_to(event.client, pose))
             self._frustums.append(frustum)
         self._update_points()
@@ -320,13 +325,12 @@ class Viewer:
         client.camera.position = c2w[:3, 3]
 
 
-def _thumbnails(images: torch.Tensor, long_side: int) -> np.ndarray:
-    """[T, H, W, 3] float images → uint8 [T, h, w, 3] with the longer side at most `long_side`."""
-    height, width = images.shape[1:3]
-    scale = min(1.0, long_side / max(height, width))
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    small = F.interpolate(images.permute(0, 3, 1, 2), size=size, mode="area").permute(0, 2, 3, 1)
-    return (small.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+def _neighbour_spacing(positions: torch.Tensor) -> float:
+    """Median distance from each of the camera `positions` [T, 3] to its nearest neighbour; 0 for one camera."""
+    if len(positions) < 2:
+        return 0.0
+    distances = torch.cdist(positions, positions).fill_diagonal_(math.inf)  # [T, T]
+    return float(distances.min(1).values.median())
 
 
 def _check_bindable(host: str, port: int) -> None:

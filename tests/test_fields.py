@@ -193,7 +193,11 @@ def n_params(m):
 
 def test_mlp_shapes_and_activations():
     mlp = MLP(10, 32, 3, 4)
-    assert mlp(torch.randn(2, 5, 10)).shape == (2, 5, 4)
+    x = torch.randn(2, 5, 10)
+    h = x
+    for layer in mlp.layers:
+        h = torch.relu(layer(h))
+    torch.testing.assert_close(mlp(x), mlp.out(h))  # [2, 5, 4]
     assert len(mlp.layers) == 3
     assert n_params(mlp) == (10 * 32 + 32) + 2 * (32 * 32 + 32) + (32 * 4 + 4)
     sig = MLP(10, 32, 3, 4, out_activation=torch.nn.Sigmoid)
@@ -206,6 +210,10 @@ def test_mlp_skip_connection():
     skip = MLP(63, 256, 8, 4, skip_layers=(4,))
     assert n_params(skip) - n_params(plain) == 63 * 256  # layer 4 sees [h, x]
     assert skip.layers[4].in_features == 256 + 63
-    assert skip(torch.randn(7, 63)).shape == (7, 4)
+    x = torch.randn(7, 63)
+    h = x
+    for i, layer in enumerate(skip.layers):  # the skip concatenates [h, x] in that order at layer 4 only
+        h = torch.relu(layer(torch.cat([h, x], -1) if i == 4 else h))
+    torch.testing.assert_close(skip(x), skip.out(h))
     with pytest.raises(AssertionError):
         MLP(63, 256, 8, 4, skip_layers=(0,))

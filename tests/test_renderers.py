@@ -6,7 +6,7 @@ import torch
 
 from renderers.cameras import Rays, image_rays, look_at, make_rays, orbit_path, pixel_rays, project, to_ndc
 from renderers.samplers import PDFSampler, RaySamples, StratifiedSampler
-from renderers.volume import composite, render_weights, render_weights_reference
+from renderers.volume import composite, render_weights, render_weights_from_alpha, render_weights_reference
 
 
 def random_camera(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,3 +199,13 @@ def test_visible_samples_stop_behind_an_opaque_surface():
     visible = visible_samples(edges[:, :-1], edges[:, 1:], sigmas)
     assert visible[0, :5].all() and not visible[0, 5:].any()
     assert visible[1].all()
+
+
+def test_weights_from_alpha_match_the_closed_form():
+    alphas = torch.tensor([[0.5, 0.5, 0.5, 1.0], [0.0, 0.2, 0.9, 0.3], [1.0, 0.7, 0.1, 0.4]])
+    expected = torch.tensor([
+        [0.5, 0.25, 0.125, 0.125],  # w_i = α_i Π_{j<i}(1 − α_j): exclusive transmittance
+        [0.0, 0.2, 0.8 * 0.9, 0.8 * 0.1 * 0.3],
+        [1.0, 0.0, 0.0, 0.0],
+    ])
+    torch.testing.assert_close(render_weights_from_alpha(alphas), expected)

@@ -8,6 +8,7 @@ import torch
 from training import run_training
 
 import data
+from data.ply import read_vertices
 from recon.export import read_ply, write_ply
 from recon.methods.splat import PRESETS, Splat
 from recon.metrics import psnr
@@ -30,6 +31,16 @@ def test_fast_preset_learns_and_densifies(tiny_blender):
     assert method.num_gaussians != start  # DefaultStrategy grew/pruned through our rasterizer's info
     values = [float(psnr(method.render_view(scene.K[i], scene.c2w[i], scene.width, scene.height)["rgb"], scene.images[i])) for i in test]
     assert np.mean(values) > max(before + 5, 20.0), (before, values)
+
+
+def test_ply_writes_higher_sh_bands_channel_major(tmp_path):
+    params = {"means": torch.zeros(2, 3), "scales": torch.zeros(2, 3), "quats": torch.ones(2, 4), "opacities": torch.zeros(2),
+              "sh0": torch.zeros(2, 1, 3), "shN": torch.arange(2 * 15 * 3, dtype=torch.float32).view(2, 15, 3)}  # [N, K−1, 3]
+    write_ply(tmp_path / "sh.ply", params)
+    table = read_vertices(tmp_path / "sh.ply")
+    for k in range(15):  # graphdeco: f_rest_i = shN[:, i % 15, i // 15], red's 15 coefficients first
+        for channel in range(3):
+            np.testing.assert_array_equal(table[f"f_rest_{channel * 15 + k}"], params["shN"][:, k, channel].numpy())
 
 
 def test_ply_round_trip_and_render_equality(tiny_blender, tmp_path):

@@ -232,6 +232,30 @@ def test_compositing_stops_before_transmittance_drops_below_1e_4(monkeypatch, pa
     torch.testing.assert_close(alpha[0, 8, 8, 0], torch.tensor(1 - 0.1**3, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_early_termination_in_values_and_gradients(backend):
+    """The stacked scene above in float32 on both backends, with a background and α = 0.95 (T after
+    three is 1.25e-4, the fourth would leave 6e-6: no float32 knife edge at 1e-4): only the first
+    three Gaussians get weight and gradient; the stop also ends the backward pass."""
+    n = 10
+    means = torch.tensor([[0.0, 0.0, 2.0 + i] for i in range(n)])
+    quats = torch.tensor([[1.0, 0, 0, 0]] * n)
+    scales = torch.full((n, 3), 0.05) * means[:, 2:]
+    colours = torch.eye(n).requires_grad_()
+    opacities = torch.tensor([0.95] * 4 + [0.05] * (n - 4)).requires_grad_()
+    K, background = pinhole(50.0, 8.5, 8.5, torch.float32)[None], torch.full((1, n), 0.5)
+    img, alpha, _ = rasterization(means, quats, scales, opacities, colours, IDENTITY.float(), K, 17, 17, backgrounds=background, backend=backend)
+    weights = 0.95 * 0.05 ** torch.arange(3.0)  # w_i = α_i Π_{j<i}(1 − α_j) for the first three
+    transmittance = 0.05**3
+    torch.testing.assert_close(img[0, 8, 8], torch.cat([weights, torch.zeros(n - 3)]) + 0.5 * transmittance)
+    torch.testing.assert_close(alpha[0, 8, 8, 0], torch.tensor(1 - transmittance))
+    pixel = torch.zeros_like(img)
+    pixel[0, 8, 8] = 1.0  # d(sum of the centre pixel's channels)
+    colour_grad, opacity_grad = torch.autograd.grad((img * pixel).sum(), [colours, opacities])
+    torch.testing.assert_close(colour_grad.diagonal()[:3], weights)
+    assert (colour_grad[3:] == 0).all() and (opacity_grad[3:] == 0).all() and (opacity_grad[:3] != 0).all()
+
+
 def test_chunked_compositing_matches_one_pass(monkeypatch):
     # Dense, partly opaque scene: transmittance, the early-stop flag and gradients cross chunk borders.
     means, quats, scales, opacities, colors = random_scene(120, seed=3, spread=0.5)

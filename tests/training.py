@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from recon.methods.base import Method
 from recon.trainer import Trainer
 
@@ -20,6 +22,8 @@ def run_training(method: Method, run_dir: Path, *, resume: bool = False, crash_a
 
         method.train_step = crashing_step
     info = {"method": method.name, "preset": "fast", "data": str(method.scene.root), "data_options": {}}
+    if resume:
+        torch.manual_seed(2**31 - 1)  # as in a new process: the checkpoint must restore the global RNG
     Trainer(method, run_dir, info).run(resume=resume, quiet=True)
     return method
 

@@ -148,7 +148,7 @@ def test_pas_proposals_obey_their_invariants(fixture, request):
 
 def test_source_views_exclude_the_target_and_are_ordered_by_distance(tiny_blender):
     scene = data.load(tiny_blender)
-    method = Pronerf(tiny_config(), scene)
+    method = Pronerf(tiny_config(source_pool_world=0), scene)
     cameras = torch.arange(len(method.train_c2w), device=method.device).repeat(20)
     views = method.random_source_views(cameras)
     centres = method.train_c2w[:, :3, 3]
@@ -158,6 +158,11 @@ def test_source_views_exclude_the_target_and_are_ordered_by_distance(tiny_blende
     distance = (centres[views] - centres[cameras][:, None]).norm(dim=-1)
     assert (distance.diff(dim=-1) >= 0).all()
     assert len({tuple(row) for row in views[cameras == 0].tolist()}) > 1  # random draws
+    pooled = Pronerf(tiny_config(source_pool_world=6), scene)
+    views = pooled.random_source_views(cameras)
+    others = (centres[None] - centres[cameras][:, None]).norm(dim=-1).argsort(dim=-1)[:, 1:7]  # [R, 6] nearest others
+    assert all(set(row) <= set(pool) for row, pool in zip(views.tolist(), others.tolist()))
+    assert len(set(views.flatten().tolist())) > 6  # each camera has its own pool
     nearest = method.nearest_source_views(method.train_c2w[3])
     assert nearest[0] == 3 and nearest.tolist() == (centres - centres[3]).norm(dim=-1).argsort()[:4].tolist()
 

@@ -4,8 +4,9 @@ exploration/exploitation steps (Bello, Bui, Kim, IEEE Access 2024). Method card:
 Per ray:
 1. coarse sampler (MLP on the ray's Plücker coordinates) → N sorted depths t in [near, far], a
    density offset a and multiplier m per sample, an auxiliary ray colour c_mm;
-2. the depths are lifted to world points and projected into V source views (random other
-   training views while training, the nearest training cameras when rendering); bilinear
+2. the depths are lifted to world points and projected into V source views (while training,
+   random ones among the other training views — in near/far scenes only among the 20 nearest,
+   as the official Blender scripts draw them; the nearest training cameras when rendering); bilinear
    colours, invalid projections replaced by the mean of the valid ones; no gradient;
 3. fine sampler (Plücker, the coarse depths, the projected colours) → refined depth t' inside
    each sample's own cell, a small 3D offset, a second auxiliary colour c_f;
@@ -53,7 +54,8 @@ from renderers.volume import composite, render_weights_from_alpha
 @dataclass
 class ProNeRFConfig(TrainConfig):
     limits: ClassVar = {
-        "stage1_steps": NON_NEGATIVE, "num_samples": COUNT, "num_source_views": COUNT, "plucker_freqs": NON_NEGATIVE,
+        "stage1_steps": NON_NEGATIVE, "num_samples": COUNT, "num_source_views": COUNT, "source_pool_ndc": NON_NEGATIVE,
+        "source_pool_world": NON_NEGATIVE, "plucker_freqs": NON_NEGATIVE,
         "sampler_width": COUNT, "sampler_layers": COUNT, "pos_freqs": NON_NEGATIVE, "dir_freqs": NON_NEGATIVE,
         "hidden_dim": COUNT, "num_layers": COUNT, "offset_ndc": NON_NEGATIVE, "offset_world": NON_NEGATIVE,
         "explore_max_samples": COUNT, "jitter_scale": NON_NEGATIVE, "density_noise_ndc": NON_NEGATIVE,
@@ -64,6 +66,8 @@ class ProNeRFConfig(TrainConfig):
     stage1_steps: int = 500_000  # alternating exploitation/exploration steps; the rest is stage 2 (joint)
     num_samples: int = 12  # N: shaded samples per ray (the paper's ProNeRF-8 / ProNeRF-12)
     num_source_views: int = 4  # V: training views the coarse samples are projected into
+    source_pool_ndc: int = 0  # training draws the V views from this many nearest training cameras, NDC scenes (0: all)
+    source_pool_world: int = 20  # the same for near/far scenes (the official Blender scripts: 4 of the 20 nearest)
     plucker_freqs: int = 0  # sampler input: positional-encoding frequencies of the 6-D Plücker ray (0: raw)
     sampler_width: int = 256  # width of both sampler MLPs
     sampler_layers: int = 6  # hidden ELU layers of each sampler MLP
@@ -206,6 +210,9 @@ class Pronerf(Method):
         self.field = ShadingField(config.pos_freqs, config.dir_freqs, config.hidden_dim, config.num_layers)
         self.offset_scale = config.offset_ndc if scene.ndc else config.offset_world
         self.density_noise = config.density_noise_ndc if scene.ndc else config.density_noise_world
+        self.source_pool = config.source_pool_ndc if scene.ndc else config.source_pool_world
+        if 0 < self.source_pool < config.num_source_views:
+            raise ValueError(f"source_pool_{'ndc' if scene.ndc else 'world'}: expected 0 or at least num_source_views ({config.num_source_views}), got {self.source_pool}")
         self.register_buffer("background", torch.tensor(scene.background, dtype=torch.float32))
         self.to(self.device)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
@@ -228,13 +235,19 @@ class Pronerf(Method):
         return Proposal(t, depths, offsets, a, m, rgb_coarse, rgb_fine)
 
     def random_source_views(self, cameras: torch.Tensor) -> torch.Tensor:
-        """[R, V] distinct random other training views per ray's camera [R], nearest first."""
+        """[R, V] distinct random other training views per ray's camera [R], drawn from its
+        `source_pool` nearest cameras (all when 0), nearest first."""
         centres = self.train_c2w[:, :3, 3]  # [T, 3]
+        rows = torch.arange(len(cameras), device=centres.device)
+        distance = (centres[None] - centres[cameras][:, None]).norm(dim=-1)  # [R, T]
+        distance[rows, cameras] = math.inf  # never the ray's own view
         scores = torch.rand(len(cameras), len(centres), device=centres.device, generator=self.generator)
-        scores[torch.arange(len(cameras), device=centres.device), cameras] = math.inf  # never the ray's own view
+        if 0 < self.source_pool < len(centres) - 1:
+            outside = distance.topk(len(centres) - self.source_pool, dim=-1).indices  # [R, T − pool] the farthest
+            scores.scatter_(1, outside, math.inf)
+        scores[rows, cameras] = math.inf
         views = scores.topk(self.config.num_source_views, dim=-1, largest=False).indices  # [R, V]
-        distance = (centres[views] - centres[cameras][:, None]).norm(dim=-1)  # [R, V]
-        return views.gather(1, distance.argsort(dim=-1))
+        return views.gather(1, distance.gather(1, views).argsort(dim=-1))
 
     def nearest_source_views(self, c2w: torch.Tensor) -> torch.Tensor:
         """[V] the training views whose centres are nearest to camera c2w [4, 4], nearest first."""

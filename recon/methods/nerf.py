@@ -4,15 +4,6 @@ default: positional encoding + 8×256 MLP, 64 stratified coarse + 128 importance
          separate coarse and fine networks, loss on both (Mildenhall et al. 2020).
 fast:    Instant-NGP-style: hash-grid field, 128 samples per ray of which only those in occupied
          cells of an occupancy grid and in front of opaque surfaces are shaded.
-
-Density is per unit of length in the space the field lives in (world, or NDC for forward-facing
-scenes), as in NeRF's reference code: an interval [t0, t1] of a ray with direction d has length
-(t1 − t0)·|d|. In world space |d| ≈ 1 (t is z-depth), but NDC rays run through ≥ 2 units of the
-NDC cube while t goes 0 → 1; measured in t, a fresh hash-grid field (σ = e⁰ = 1) was nearly
-transparent there, the occupancy grid discarded a random half of its cells at the first update
-(σ·step below the threshold) and the white background showed through, so the colour head's
-logits were driven into the sigmoid's flat tail within a few steps and never came back (grey
-renders, a fog of ~50 samples per ray).
 """
 from __future__ import annotations
 
@@ -26,7 +17,7 @@ import torch.nn.functional as F
 from data import Scene
 from recon.fields.radiance import HashGridField, MLPField
 from recon.methods.base import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Between, Method, TrainConfig
-from renderers.cameras import Rays, image_rays, make_rays, ndc_bounds, pixel_rays
+from renderers.cameras import Rays, image_rays
 from renderers.samplers import OccupancyGrid, PDFSampler, RaySamples, StratifiedSampler
 from renderers.volume import composite, render_weights, visible_samples
 
@@ -100,7 +91,7 @@ class Nerf(Method):
         if config.occupancy_grid:
             if config.num_fine:
                 raise ValueError("occupancy_grid needs num_fine=0 (it replaces importance sampling)")
-            step = (scene.far - scene.near) / config.num_coarse * self._ray_length_scale()  # length between samples
+            step = (scene.far - scene.near) / config.num_coarse
             self.grid = OccupancyGrid(self._aabb(), config.grid_resolution, step_size=step, decay=config.grid_decay)
         self.register_buffer("background", torch.tensor(scene.background, dtype=torch.float32))
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
@@ -118,24 +109,8 @@ class Nerf(Method):
         raise ValueError(f"field must be 'mlp' or 'hashgrid', got {c.field!r}")
 
     def _aabb(self) -> torch.Tensor:
-        """[2, 3] box the hash grid and occupancy grid cover: the scene bounds, or in NDC the box
-        of every camera's rays (wider than [-1, 1] in x and y for views off the mean pose)."""
-        s = self.scene
-        return ndc_bounds(s.K, s.c2w, s.width, s.height) if s.ndc else s.bounds.float()
-
-    def _ray_length_scale(self) -> float:
-        """Mean |d| of the training cameras' central rays: length per unit t (1 in world space, ≈ 2 in NDC)."""
-        K, c2w = self.train_K.cpu(), self.train_c2w.cpu()
-        _, h, w, _ = self.train_images.shape
-        origins, directions = pixel_rays(K, c2w, K[:, 0, 2] - 0.5, K[:, 1, 2] - 0.5)
-        rays = make_rays(origins, directions, self.scene.near, self.scene.far, K if self.scene.ndc else None, w, h)
-        return float(rays.directions.norm(dim=-1).mean())
-
-    @staticmethod
-    def _lengths(rays: Rays, samples: RaySamples) -> tuple[torch.Tensor, torch.Tensor]:
-        """Interval starts and ends [R, S] measured in length along the ray (t·|d|), what σ integrates over."""
-        scale = rays.directions.norm(dim=-1, keepdim=True)
-        return samples.starts * scale, samples.ends * scale
+        """[2, 3] box the hash grid and occupancy grid cover (NDC space is [-1, 1]³)."""
+        return torch.tensor([[-1.0] * 3, [1.0] * 3]) if self.scene.ndc else self.scene.bounds.float()
 
     # ---- rendering -------------------------------------------------------------------------
     def render_rays(self, rays: Rays, perturb: bool) -> dict[str, torch.Tensor]:
@@ -155,7 +130,7 @@ class Nerf(Method):
         positions = samples.positions(rays).reshape(-1, 3)
         viewdirs = rays.viewdirs[:, None, :].expand(-1, num_samples, -1).reshape(-1, 3)
         sigmas, rgbs = field(positions, viewdirs)
-        weights = render_weights(*self._lengths(rays, samples), sigmas.view(num_rays, num_samples))
+        weights = render_weights(samples.starts, samples.ends, sigmas.view(num_rays, num_samples))
         result = composite(weights, rgbs.view(num_rays, num_samples, 3), samples.mids, self.background)
         result["weights"] = weights
         return result
@@ -165,15 +140,14 @@ class Nerf(Method):
         num_rays, num_samples = samples.starts.shape
         positions = samples.positions(rays)  # [R, S, 3]
         keep = self.grid.query(positions)  # [R, S]
-        starts, ends = self._lengths(rays, samples)
         with torch.no_grad():
             sigmas = positions.new_zeros(num_rays, num_samples).masked_scatter(keep, self.fine.density(positions[keep]))
-            keep &= visible_samples(starts, ends, sigmas)
+            keep &= visible_samples(samples.starts, samples.ends, sigmas)
         viewdirs = rays.viewdirs[:, None, :].expand(-1, num_samples, -1)
         sigma, rgb = self.fine(positions[keep], viewdirs[keep])  # [K], [K, 3]
         sigmas = positions.new_zeros(num_rays, num_samples).masked_scatter(keep, sigma)
         rgbs = positions.new_zeros(num_rays, num_samples, 3).masked_scatter(keep[..., None].expand(-1, -1, 3), rgb)
-        weights = render_weights(starts, ends, sigmas)
+        weights = render_weights(samples.starts, samples.ends, sigmas)
         result = composite(weights, rgbs, samples.mids, self.background)
         result["samples_per_ray"] = keep.sum(-1).float()
         return result

@@ -115,6 +115,33 @@ def to_ndc(
     return o_ndc, d_ndc
 
 
+def ndc_bounds(
+    K: torch.Tensor,  # [N, 3, 3]
+    c2w: torch.Tensor,  # [N, 4, 4] forward-facing cameras (the world looks down −z)
+    width: int,
+    height: int,
+    near_plane: float = 1.0,
+) -> torch.Tensor:
+    """[2, 3] NDC box holding every ray of these cameras for t ∈ [0, 1] (near plane → infinity).
+
+    NDC rays are straight lines, and both of their ends (on the near plane, and at infinity) are
+    projective images of the pixel coordinate, so the extremes over an image lie at its corners:
+    the rays through the four corner pixels' outer edges bound the box in x and y. z is [−1, 1].
+    Views away from the mean pose reach beyond [−1, 1] in x and y (their near-plane points are
+    shifted by the camera's offset), so a field boxed to [−1, 1]³ would cut off the image borders.
+    """
+    u = torch.tensor([0.0, width, 0.0, width], dtype=K.dtype, device=K.device) - 0.5  # pixel_rays adds 0.5
+    v = torch.tensor([0.0, 0.0, height, height], dtype=K.dtype, device=K.device) - 0.5
+    n = K.shape[0]
+    K4, c2w4 = K.repeat_interleave(4, 0), c2w.repeat_interleave(4, 0)  # [4N, 3, 3], [4N, 4, 4]
+    origins, directions = pixel_rays(K4, c2w4, u.repeat(n), v.repeat(n))
+    o, d = to_ndc(origins, directions, K4, width, height, near_plane)
+    ends = torch.cat([o, o + d])[:, :2]  # [8N, 2] x, y at t = 0 and t = 1
+    low = torch.cat([ends.amin(0), ends.new_tensor([-1.0])])
+    high = torch.cat([ends.amax(0), ends.new_tensor([1.0])])
+    return torch.stack([low, high])
+
+
 def project(
     points: torch.Tensor,  # [P, 3] world
     K: torch.Tensor,  # [3, 3]

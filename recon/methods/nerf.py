@@ -4,6 +4,19 @@ default: positional encoding + 8×256 MLP, 64 stratified coarse + 128 importance
          separate coarse and fine networks, loss on both (Mildenhall et al. 2020).
 fast:    Instant-NGP-style: hash-grid field, 128 samples per ray of which only those in occupied
          cells of an occupancy grid and in front of opaque surfaces are shaded.
+
+Forward-facing (NDC) scenes, where `fast` once trained a grey fog (colour head saturated, ~45
+shaded samples per ray):
+- density is per unit of length in the space the field lives in, as in NeRF's reference code: an
+  interval [t0, t1] of a ray with direction d is (t1 − t0)·|d| long. In world space |d| ≈ 1 (t is
+  z-depth); NDC rays cross ≥ 2 units while t goes 0 → 1, and measured in t a fresh field
+  (σ = e⁰ = 1) let most of the white background through, which drove the colour logits into the
+  sigmoid's flat tail within ~10 steps, never to return;
+- the field's box is the box of every camera's NDC rays (`ndc_bounds`), not [-1, 1]³, which cut
+  off the borders of off-centre views;
+- a cell is empty while σ·Δ < 0.01 for Instant-NGP's fine step Δ = box diagonal / 1024, not the
+  8× longer spacing of our 128 samples, which let the untrained fog in front of the surfaces
+  (σ ≈ 1 per NDC unit) count as occupied for good.
 """
 from __future__ import annotations
 
@@ -17,7 +30,7 @@ import torch.nn.functional as F
 from data import Scene
 from recon.fields.radiance import HashGridField, MLPField
 from recon.methods.base import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Between, Method, TrainConfig
-from renderers.cameras import Rays, image_rays
+from renderers.cameras import Rays, image_rays, ndc_bounds
 from renderers.samplers import OccupancyGrid, PDFSampler, RaySamples, StratifiedSampler
 from renderers.volume import composite, render_weights, visible_samples
 
@@ -29,7 +42,7 @@ class NerfConfig(TrainConfig):
         "pos_freqs": NON_NEGATIVE, "dir_freqs": NON_NEGATIVE, "hidden_dim": COUNT, "num_layers": Between(2),
         "hash_levels": COUNT, "hash_log2_size": Between(1, 30), "hash_base_resolution": COUNT, "hash_max_resolution": COUNT,
         "hash_hidden_dim": COUNT, "num_coarse": COUNT, "num_fine": NON_NEGATIVE, "grid_resolution": COUNT,
-        "grid_update_every": COUNT, "grid_decay": FRACTION, "rays_per_batch": COUNT, "lr": POSITIVE, "lr_final": POSITIVE,
+        "grid_update_every": COUNT, "grid_decay": FRACTION, "grid_march_steps": COUNT, "rays_per_batch": COUNT, "lr": POSITIVE, "lr_final": POSITIVE,
         "render_chunk": COUNT,
     }
     max_steps: int = 200_000
@@ -50,6 +63,7 @@ class NerfConfig(TrainConfig):
     grid_resolution: int = 64  # occupancy grid cells per axis
     grid_update_every: int = 8  # steps between occupancy updates (every cell during the first 256 steps)
     grid_decay: float = 0.8  # per-update decay of a cell's remembered density (lower forgets faster)
+    grid_march_steps: int = 1024  # a cell is empty while σ·(box diagonal / this) < 0.01 (Instant-NGP: √3/1024 in its unit cube)
     rays_per_batch: int = 1024  # rays per training step
     lr: float = 5e-4  # initial Adam learning rate
     lr_final: float = 5e-5  # learning rate at max_steps (exponential decay)
@@ -91,8 +105,9 @@ class Nerf(Method):
         if config.occupancy_grid:
             if config.num_fine:
                 raise ValueError("occupancy_grid needs num_fine=0 (it replaces importance sampling)")
-            step = (scene.far - scene.near) / config.num_coarse
-            self.grid = OccupancyGrid(self._aabb(), config.grid_resolution, step_size=step, decay=config.grid_decay)
+            aabb = self._aabb()
+            step = float((aabb[1] - aabb[0]).norm()) / config.grid_march_steps  # Instant-NGP's fine marching step
+            self.grid = OccupancyGrid(aabb, config.grid_resolution, step_size=step, decay=config.grid_decay)
         self.register_buffer("background", torch.tensor(scene.background, dtype=torch.float32))
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
         self.to(self.device)
@@ -109,8 +124,16 @@ class Nerf(Method):
         raise ValueError(f"field must be 'mlp' or 'hashgrid', got {c.field!r}")
 
     def _aabb(self) -> torch.Tensor:
-        """[2, 3] box the hash grid and occupancy grid cover (NDC space is [-1, 1]³)."""
-        return torch.tensor([[-1.0] * 3, [1.0] * 3]) if self.scene.ndc else self.scene.bounds.float()
+        """[2, 3] box the hash grid and occupancy grid cover: the scene bounds, or in NDC the box
+        of every camera's rays (wider than [-1, 1] in x and y for views off the mean pose)."""
+        s = self.scene
+        return ndc_bounds(s.K, s.c2w, s.width, s.height) if s.ndc else s.bounds.float()
+
+    @staticmethod
+    def _lengths(rays: Rays, samples: RaySamples) -> tuple[torch.Tensor, torch.Tensor]:
+        """Interval starts and ends [R, S] measured in length along the ray (t·|d|), what σ integrates over."""
+        scale = rays.directions.norm(dim=-1, keepdim=True)
+        return samples.starts * scale, samples.ends * scale
 
     # ---- rendering -------------------------------------------------------------------------
     def render_rays(self, rays: Rays, perturb: bool) -> dict[str, torch.Tensor]:
@@ -130,7 +153,7 @@ class Nerf(Method):
         positions = samples.positions(rays).reshape(-1, 3)
         viewdirs = rays.viewdirs[:, None, :].expand(-1, num_samples, -1).reshape(-1, 3)
         sigmas, rgbs = field(positions, viewdirs)
-        weights = render_weights(samples.starts, samples.ends, sigmas.view(num_rays, num_samples))
+        weights = render_weights(*self._lengths(rays, samples), sigmas.view(num_rays, num_samples))
         result = composite(weights, rgbs.view(num_rays, num_samples, 3), samples.mids, self.background)
         result["weights"] = weights
         return result
@@ -140,14 +163,15 @@ class Nerf(Method):
         num_rays, num_samples = samples.starts.shape
         positions = samples.positions(rays)  # [R, S, 3]
         keep = self.grid.query(positions)  # [R, S]
+        starts, ends = self._lengths(rays, samples)
         with torch.no_grad():
             sigmas = positions.new_zeros(num_rays, num_samples).masked_scatter(keep, self.fine.density(positions[keep]))
-            keep &= visible_samples(samples.starts, samples.ends, sigmas)
+            keep &= visible_samples(starts, ends, sigmas)
         viewdirs = rays.viewdirs[:, None, :].expand(-1, num_samples, -1)
         sigma, rgb = self.fine(positions[keep], viewdirs[keep])  # [K], [K, 3]
         sigmas = positions.new_zeros(num_rays, num_samples).masked_scatter(keep, sigma)
         rgbs = positions.new_zeros(num_rays, num_samples, 3).masked_scatter(keep[..., None].expand(-1, -1, 3), rgb)
-        weights = render_weights(samples.starts, samples.ends, sigmas)
+        weights = render_weights(starts, ends, sigmas)
         result = composite(weights, rgbs, samples.mids, self.background)
         result["samples_per_ray"] = keep.sum(-1).float()
         return result

@@ -56,9 +56,9 @@ def read_ply(path: Path) -> dict[str, torch.Tensor]:
 
     if count == 0:
         raise DataError(f"{path}: holds no Gaussians (0 vertices)")
-    rest_names = sorted((n for n in names if n.startswith("f_rest_")), key=lambda n: int(n[7:]) if n[7:].isdigit() else -1)
+    rest_names = [f"f_rest_{i}" for i in range(sum(n.startswith("f_rest_") for n in names))]
     degree = int(round(math.sqrt(len(rest_names) // 3 + 1))) - 1
-    if len(rest_names) % 3 or (degree + 1) ** 2 != len(rest_names) // 3 + 1 or rest_names != [f"f_rest_{i}" for i in range(len(rest_names))]:
+    if len(rest_names) % 3 or (degree + 1) ** 2 != len(rest_names) // 3 + 1 or not set(rest_names) <= names:
         raise DataError(f"{path}: {len(rest_names)} f_rest properties are not f_rest_0 .. f_rest_M-1 with M = 3·((degree+1)²−1)")
     if degree > MAX_SH_DEGREE:
         raise DataError(f"{path}: SH degree {degree} ({len(rest_names)} f_rest properties); degrees 0 to {MAX_SH_DEGREE} are supported")

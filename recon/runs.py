@@ -11,7 +11,7 @@ import torch
 import data
 from recon.io import CheckpointError
 from recon.methods import find_method
-from recon.methods.base import Method, TrainConfig, config_from_dict
+from recon.methods.base import Method, TrainConfig, config_from_dict, type_name
 from recon.trainer import holds_run, latest_checkpoint, restore
 
 
@@ -39,8 +39,7 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, str]) -> TrainConf
         try:
             parsed[key] = BOOLEANS[text.lower()] if kind is bool else kind(text)
         except (KeyError, ValueError):
-            expected = "true or false" if kind is bool else f"{'an' if kind is int else 'a'} {kind.__name__}"
-            raise ValueError(f"--set {key}={text}: expected {expected}") from None
+            raise ValueError(f"--set {key}={text}: expected {'true or false' if kind is bool else type_name(kind)}") from None
     config = replace(config, **parsed)
     config.validate()
     return config

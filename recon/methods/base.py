@@ -21,15 +21,28 @@ class Between:
     open: str = ""  # "low", "high" or "both": which bounds are excluded
 
     def admits(self, value: float) -> bool:
-        above = self.low is None or (value > self.low if self.open in ("low", "both") else value >= self.low)
-        below = self.high is None or (value < self.high if self.open in ("high", "both") else value <= self.high)
+        above = self.low is None or (value > self.low if self._low_excluded else value >= self.low)
+        below = self.high is None or (value < self.high if self._high_excluded else value <= self.high)
         return above and below
 
     def describe(self, name: str) -> str:
         """e.g. "0 < lr" or "0 ≤ sh_degree ≤ 3"."""
-        low = "" if self.low is None else f"{self.low:g} {'<' if self.open in ('low', 'both') else '≤'} "
-        high = "" if self.high is None else f" {'<' if self.open in ('high', 'both') else '≤'} {self.high:g}"
+        low = "" if self.low is None else f"{self.low:g} {'<' if self._low_excluded else '≤'} "
+        high = "" if self.high is None else f" {'<' if self._high_excluded else '≤'} {self.high:g}"
         return low + name + high
+
+    @property
+    def _low_excluded(self) -> bool:
+        return self.open in ("low", "both")
+
+    @property
+    def _high_excluded(self) -> bool:
+        return self.open in ("high", "both")
+
+
+def type_name(kind: type) -> str:
+    """"an int", "a float", ...: how error messages name a setting's type."""
+    return f"{'an' if kind is int else 'a'} {kind.__name__}"
 
 
 COUNT = Between(1)  # a positive integer
@@ -64,7 +77,7 @@ class TrainConfig:
         for f in fields(self):
             value, rule, kind = getattr(self, f.name), limits.get(f.name), type(f.default)
             if not (type(value) is kind or (kind is float and type(value) is int)):
-                raise ValueError(f"setting {f.name}={value!r}: expected {'an' if kind is int else 'a'} {kind.__name__}")
+                raise ValueError(f"setting {f.name}={value!r}: expected {type_name(kind)}")
             if kind is float and not math.isfinite(value):
                 raise ValueError(f"setting {f.name}={value}: expected a finite number")
             if isinstance(rule, Between) and not rule.admits(value):

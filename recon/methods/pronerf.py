@@ -44,7 +44,7 @@ from torch import nn
 from data import Scene
 from recon.fields.encodings import PositionalEncoding
 from recon.fields.mlp import MLP
-from recon.methods.base import COUNT, NON_NEGATIVE, POSITIVE, Method, TrainConfig
+from recon.methods.base import COUNT, NON_NEGATIVE, POSITIVE, Between, Method, TrainConfig
 from renderers.cameras import Rays, image_rays
 from renderers.projection import fetch_colors, ndc_to_world, plucker, project_to_views
 from renderers.samplers import densify_samples, jitter_samples, sample_cells
@@ -54,7 +54,7 @@ from renderers.volume import composite, render_weights_from_alpha
 @dataclass
 class ProNeRFConfig(TrainConfig):
     limits: ClassVar = {
-        "stage1_steps": NON_NEGATIVE, "num_samples": COUNT, "num_source_views": COUNT, "source_pool_ndc": NON_NEGATIVE,
+        "stage1_steps": NON_NEGATIVE, "num_samples": Between(2), "num_source_views": COUNT, "source_pool_ndc": NON_NEGATIVE,
         "source_pool_world": NON_NEGATIVE, "plucker_freqs": NON_NEGATIVE,
         "sampler_width": COUNT, "sampler_layers": COUNT, "pos_freqs": NON_NEGATIVE, "dir_freqs": NON_NEGATIVE,
         "hidden_dim": COUNT, "num_layers": COUNT, "offset_ndc": NON_NEGATIVE, "offset_world": NON_NEGATIVE,
@@ -200,8 +200,6 @@ class Pronerf(Method):
     def __init__(self, config: ProNeRFConfig, scene: Scene, device: torch.device | str | None = None) -> None:
         super().__init__(config, scene, device)
         num_train = self.train_images.shape[0]
-        if config.num_samples < 2:
-            raise ValueError(f"num_samples: expected at least 2 samples per ray, got {config.num_samples}")
         if not 1 <= config.num_source_views < num_train:
             raise ValueError(f"num_source_views: expected 1..{num_train - 1} (other training views), got {config.num_source_views}")
         if not 0 <= config.stage1_steps <= config.max_steps:

@@ -15,11 +15,11 @@ $(DEMO_SCENE)/transforms_train.json: | setup
 	$(RECON) data synth --format blender --out $(DEMO_SCENE) --seed 0
 
 demo: setup $(DEMO_SCENE)/transforms_train.json
-	$(RECON) train splat --data $(DEMO_SCENE) --preset fast --out $(DEMO_RUNS)/splat
+	$(RECON) train splat --data $(DEMO_SCENE) --preset fast --out $(DEMO_RUNS)/splat --restart
 	$(RECON) eval $(DEMO_RUNS)/splat
 	$(RECON) export $(DEMO_RUNS)/splat --format ply
 	$(RECON) render $(DEMO_RUNS)/splat --path orbit --frames 60
-	$(RECON) train nerf --data $(DEMO_SCENE) --preset fast --out $(DEMO_RUNS)/nerf
+	$(RECON) train nerf --data $(DEMO_SCENE) --preset fast --out $(DEMO_RUNS)/nerf --restart
 	$(RECON) eval $(DEMO_RUNS)/nerf
 	$(RECON) render $(DEMO_RUNS)/nerf --path orbit --frames 60
 

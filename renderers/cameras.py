@@ -142,6 +142,12 @@ def ndc_bounds(
     return torch.stack([low, high])
 
 
+def field_bounds(scene) -> torch.Tensor:
+    """[2, 3] box a field over `scene` (a data.Scene) must cover: its bounds, or in NDC scenes the
+    box of every camera's NDC rays (`ndc_bounds`)."""
+    return ndc_bounds(scene.K, scene.c2w, scene.width, scene.height) if scene.ndc else scene.bounds.float()
+
+
 def project(
     points: torch.Tensor,  # [P, 3] world
     K: torch.Tensor,  # [3, 3]

@@ -181,17 +181,19 @@ def test_learns_a_forward_facing_scene_in_ndc(tiny_llff):
     assert max(s["samples_per_ray"] for s in stats[:200:2]) == 8.0 and max(s["samples_per_ray"] for s in stats[1:200:2]) > 8.0
 
 
-def test_learns_a_360_scene_with_near_far_rays(tiny_blender):
+@pytest.mark.parametrize("field", ["mlp", "hashgrid"])
+def test_learns_a_360_scene_with_near_far_rays(tiny_blender, field):
     scene = data.load(tiny_blender)
     assert not scene.ndc
-    config = replace(PRESETS["fast"], **QUIET, max_steps=240, stage1_steps=160, rays_per_batch=256)
+    config = replace(PRESETS["fast"], **QUIET, max_steps=240, stage1_steps=160, rays_per_batch=256, field=field)
     method = Pronerf(config, scene)
     before = mean_test_psnr(method)
     method.train()
     for step in range(240):
         method.train_step(step)
     after = mean_test_psnr(method)
-    assert after > 18.5 and after > before + 6, f"test PSNR {before:.2f} -> {after:.2f} dB"
+    floor = {"mlp": 18.5, "hashgrid": 16.0}[field]  # the hash grid starts as a uniform fog (8 dB) on this tiny scene
+    assert after > floor and after > before + 6, f"test PSNR {before:.2f} -> {after:.2f} dB"
 
 
 def test_learning_rate_schedule_follows_the_card(tiny_blender):

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from data import Scene
 from recon.fields.radiance import HashGridField, MLPField
 from recon.methods.base import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Between, Method, TrainConfig
-from renderers.cameras import Rays, image_rays, ndc_bounds
+from renderers.cameras import Rays, field_bounds, image_rays
 from renderers.samplers import OccupancyGrid, PDFSampler, RaySamples, StratifiedSampler
 from renderers.volume import composite, render_weights, visible_samples
 
@@ -105,7 +105,7 @@ class Nerf(Method):
         if config.occupancy_grid:
             if config.num_fine:
                 raise ValueError("occupancy_grid needs num_fine=0 (it replaces importance sampling)")
-            aabb = self._aabb()
+            aabb = field_bounds(self.scene)
             step = float((aabb[1] - aabb[0]).norm()) / config.grid_march_steps  # Instant-NGP's fine marching step
             self.grid = OccupancyGrid(aabb, config.grid_resolution, step_size=step, decay=config.grid_decay)
         self.register_buffer("background", torch.tensor(scene.background, dtype=torch.float32))
@@ -120,14 +120,8 @@ class Nerf(Method):
         if c.field == "mlp":
             return MLPField(c.pos_freqs, c.dir_freqs, c.hidden_dim, c.num_layers)
         if c.field == "hashgrid":
-            return HashGridField(self._aabb(), c.hash_levels, c.hash_log2_size, c.hash_base_resolution, c.hash_max_resolution, c.hash_hidden_dim, dir_freqs=c.dir_freqs)
+            return HashGridField(field_bounds(self.scene), c.hash_levels, c.hash_log2_size, c.hash_base_resolution, c.hash_max_resolution, c.hash_hidden_dim, dir_freqs=c.dir_freqs)
         raise ValueError(f"field must be 'mlp' or 'hashgrid', got {c.field!r}")
-
-    def _aabb(self) -> torch.Tensor:
-        """[2, 3] box the hash grid and occupancy grid cover: the scene bounds, or in NDC the box
-        of every camera's rays (wider than [-1, 1] in x and y for views off the mean pose)."""
-        s = self.scene
-        return ndc_bounds(s.K, s.c2w, s.width, s.height) if s.ndc else s.bounds.float()
 
     @staticmethod
     def _lengths(rays: Rays, samples: RaySamples) -> tuple[torch.Tensor, torch.Tensor]:

@@ -58,6 +58,12 @@ class HashGridField(nn.Module):
         self.dir_encoding = PositionalEncoding(3, dir_freqs)
         self.color_mlp = MLP(geo_feat_dim + self.dir_encoding.out_dim, hidden_dim, 2, 3)
 
+    @classmethod
+    def from_config(cls, aabb: torch.Tensor, config) -> "HashGridField":
+        """The field a method's config describes through its hash_* and dir_freqs settings."""
+        c = config
+        return cls(aabb, c.hash_levels, c.hash_log2_size, c.hash_base_resolution, c.hash_max_resolution, c.hash_hidden_dim, dir_freqs=c.dir_freqs)
+
     def _geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         unit = (x - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
         inside = ((unit >= 0) & (unit <= 1)).all(-1)

@@ -120,7 +120,7 @@ class Nerf(Method):
         if c.field == "mlp":
             return MLPField(c.pos_freqs, c.dir_freqs, c.hidden_dim, c.num_layers)
         if c.field == "hashgrid":
-            return HashGridField(field_bounds(self.scene), c.hash_levels, c.hash_log2_size, c.hash_base_resolution, c.hash_max_resolution, c.hash_hidden_dim, dir_freqs=c.dir_freqs)
+            return HashGridField.from_config(field_bounds(self.scene), c)
         raise ValueError(f"field must be 'mlp' or 'hashgrid', got {c.field!r}")
 
     @staticmethod

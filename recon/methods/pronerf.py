@@ -220,7 +220,7 @@ class Pronerf(Method):
             raise ValueError(f"stage1_steps: expected 0..max_steps ({config.max_steps}), got {config.stage1_steps}")
         self.sampler = PASSampler(config.num_samples, config.num_source_views, config.plucker_freqs, config.sampler_width, config.sampler_layers, config.raw_clamp)
         if config.field == "hashgrid":
-            self.field = HashGridField(field_bounds(scene), config.hash_levels, config.hash_log2_size, config.hash_base_resolution, config.hash_max_resolution, config.hash_hidden_dim, dir_freqs=config.dir_freqs)
+            self.field = HashGridField.from_config(field_bounds(scene), config)
         else:
             self.field = ShadingField(config.pos_freqs, config.dir_freqs, config.hidden_dim, config.num_layers)
         self.offset_scale = config.offset_ndc if scene.ndc else config.offset_world

@@ -1,4 +1,4 @@
-"""`recon` command line: data synth | train | eval | render | view | export.
+"""`recon` command line: data synth | train | dream | eval | render | view | export.
 
 Errors a user can fix (bad paths, malformed data, wrong checkpoints, unknown settings) end in one
 line naming the file or argument, and exit status 2.
@@ -6,6 +6,7 @@ line naming the file or argument, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -29,19 +30,21 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a method on one scene")
     train.add_argument("method", help="method name, e.g. nerf")
     train.add_argument("--data", type=Path, help="dataset directory (Blender or LLFF format); not needed with --resume")
-    train.add_argument("--preset", default="default", help="named configuration, e.g. fast")
-    train.add_argument("--max-steps", type=int, default=None)
-    train.add_argument("--seed", type=int, default=None)
     train.add_argument("--samples", type=int, default=None, help="shaded samples per ray, e.g. 8 or 12 (pronerf)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field")
-    train.add_argument("--out", type=Path, default=None, help="run directory (default runs/<method>/<scene>/<time>)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    train.add_argument("--restart", action="store_true", help="start over in an --out that holds a run, after moving the old run to OUT.old-<time>")
     train.add_argument("--downscale", type=int, default=1, help="image downscale factor")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.add_argument("--viewer", action="store_true", help="serve a live viser viewer while training (and after, until Ctrl-C)")
-    train.add_argument("--viewer-port", type=int, default=8080, help="viewer port (the next free one if taken)")
-    train.add_argument("--viewer-host", default="127.0.0.1", help="viewer interface (default loopback only; 0.0.0.0 exposes it to the network)")
+    _add_run_options(train)
+
+    dream = commands.add_parser("dream", help="text-to-3D: Gaussians from a prompt by score distillation (StableDreamer)")
+    dream.add_argument("prompt", help="what to make, e.g. \"a ceramic teapot\"")
+    dream.add_argument("--if", dest="if_model", default=None, metavar="DIR", help="DeepFloyd IF stage I weights (local diffusers directory or a repo id in the local HF cache): stage 1")
+    dream.add_argument("--sd", dest="sd_model", default=None, metavar="DIR", help="Stable Diffusion weights (likewise): stage 2")
+    dream.add_argument("--oracle", type=Path, default=None, metavar="FILE.ply", help="replace both priors by the exact noise predictor of this 3DGS object (tests, diagnostics)")
+    dream.add_argument("--stage", choices=["1", "2", "both"], default=None, help="image-space stage 1, latent stage 2, or both (default)")
+    dream.add_argument("--negative-prompt", default=None, help="the unconditional prompt of classifier-free guidance (default empty)")
+    dream.add_argument("--clip", default=os.environ.get("RECON_CLIP"), metavar="ARCH:FILE",
+                       help="open_clip architecture and local weights for the CLIP score, e.g. ViT-B-32:open_clip_model.bin (default $RECON_CLIP; else n/a)")
+    dream.add_argument("--frames", type=int, default=120, help="turntable frames")
+    _add_run_options(dream)
 
     evaluate = commands.add_parser("eval", help="render the test split of a run (or a 3DGS .ply) and write PSNR/SSIM/LPIPS")
     evaluate.add_argument("run_dir", type=Path, help="run directory, or a 3DGS .ply file (then --data is needed)")
@@ -65,6 +68,21 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["ply"], default="ply")
     export.add_argument("--out", type=Path, default=None, help="output file (default RUN_DIR/export/point_cloud.ply)")
     return parser
+
+
+def _add_run_options(command: argparse.ArgumentParser) -> None:
+    """What every training command takes: preset, steps, seed, settings, run directory, viewer."""
+    command.add_argument("--preset", default="default", help="named configuration, e.g. fast")
+    command.add_argument("--max-steps", type=int, default=None)
+    command.add_argument("--seed", type=int, default=None)
+    command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field")
+    command.add_argument("--out", type=Path, default=None, help="run directory (default runs/<method>/<scene>/<time>)")
+    command.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    command.add_argument("--restart", action="store_true", help="start over in an --out that holds a run, after moving the old run to OUT.old-<time>")
+    command.add_argument("--quiet", action="store_true", help="no progress bar")
+    command.add_argument("--viewer", action="store_true", help="serve a live viser viewer while training (and after, until Ctrl-C)")
+    command.add_argument("--viewer-port", type=int, default=8080, help="viewer port (the next free one if taken)")
+    command.add_argument("--viewer-host", default="127.0.0.1", help="viewer interface (default loopback only; 0.0.0.0 exposes it to the network)")
 
 
 def _overrides(pairs: list[str]) -> dict[str, str]:
@@ -91,44 +109,33 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     print(f"wrote {args.format} scene to {path}")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from dataclasses import fields
-
-    import data
-    from recon.methods import find_method
+def _run_config(args: argparse.Namespace, method_cls, overrides: dict[str, str]) -> tuple:
+    """(config, run info) of a new run (preset + overrides) or of the run that
+    --resume continues (its own settings; only explicit overrides change them)."""
     from recon.methods.base import config_from_dict
-    from recon.runs import apply_overrides, default_run_dir, prepare_run_dir, preset_config, read_run_info
-    from recon.trainer import Trainer
+    from recon.runs import apply_overrides, preset_config, read_run_info
 
-    method_cls = find_method(args.method)
-    overrides = _overrides(args.set)
-    if args.samples is not None:
-        if "num_samples" not in {f.name for f in fields(method_cls.Config)}:
-            raise ValueError(f"--samples: method {method_cls.name!r} has no sample-count setting (pronerf has)")
-        overrides["num_samples"] = str(args.samples)
     for flag, key in ((args.max_steps, "max_steps"), (args.seed, "seed")):
         if flag is not None:
             overrides[key] = str(flag)
-    data_path, preset, data_options = args.data, args.preset, {"downscale": args.downscale}
     if args.resume and args.restart:
         raise ValueError("--resume and --restart: choose one (continue the run, or move it aside and start over)")
-    if args.resume:  # continue with the run's own settings; only explicit overrides change them
+    if args.resume:
         if args.out is None:
             raise ValueError("--resume: --out must name the run to continue")
         info = read_run_info(args.out)
-        data_path, preset, data_options = Path(info["data"]), info["preset"], info["data_options"]
-        config = apply_overrides(config_from_dict(method_cls.Config, info["config"]), overrides)
-    else:
-        if data_path is None:
-            raise ValueError("--data DIR is required (the dataset to train on)")
-        config = apply_overrides(preset_config(method_cls, preset), overrides)
-        if args.out is not None:
-            prepare_run_dir(args.out, restart=args.restart)
-    scene = data.load(data_path, **data_options)
-    run_dir = args.out or default_run_dir(method_cls.name, scene.name)
-    torch.manual_seed(config.seed)
-    method = method_cls(config, scene, device=args.device)
-    info = {"method": method_cls.name, "preset": preset, "data": str(Path(data_path).resolve()), "data_options": data_options}
+        return apply_overrides(config_from_dict(method_cls.Config, info["config"]), overrides), info
+    return apply_overrides(preset_config(method_cls, args.preset), overrides), {"method": method_cls.name, "preset": args.preset}
+
+
+def _train(args: argparse.Namespace, method, run_dir: Path, info: dict) -> None:
+    """Train `method` into run_dir (with a live viewer when asked); the viewer stays until Ctrl-C.
+    A new run's --out that holds a run is refused, or moved aside with --restart."""
+    from recon.runs import prepare_run_dir
+    from recon.trainer import Trainer
+
+    if args.out is not None and not args.resume:
+        prepare_run_dir(args.out, restart=args.restart)
     print(f"run directory: {run_dir}")
     viewer = None
     if args.viewer:
@@ -137,11 +144,64 @@ def cmd_train(args: argparse.Namespace) -> None:
         viewer = Viewer(method, host=args.viewer_host, port=args.viewer_port, training=True)
         print(f"viewer: {viewer.url}", flush=True)
     result = Trainer(method, run_dir, info).run(resume=args.resume, quiet=args.quiet, viewer=viewer)
-    print("final validation: " + ", ".join(f"{k} {v}" for k, v in result.items()))
+    if result:
+        print("final validation: " + ", ".join(f"{k} {v}" for k, v in result.items()))
     if viewer is not None:
         viewer.complete()
         print(f"training done; the viewer stays at {viewer.url} until Ctrl-C", flush=True)
         viewer.serve_forever()
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from dataclasses import fields
+
+    import data
+    from recon.methods import find_method
+    from recon.runs import default_run_dir
+
+    method_cls = find_method(args.method)
+    if method_cls.name == "dream":
+        raise ValueError("dream: text-to-3D trains from a prompt, not a dataset: recon dream \"PROMPT\" --if DIR --sd DIR")
+    overrides = _overrides(args.set)
+    if args.samples is not None:
+        if "num_samples" not in {f.name for f in fields(method_cls.Config)}:
+            raise ValueError(f"--samples: method {method_cls.name!r} has no sample-count setting (pronerf has)")
+        overrides["num_samples"] = str(args.samples)
+    config, info = _run_config(args, method_cls, overrides)
+    if not args.resume:
+        if args.data is None:
+            raise ValueError("--data DIR is required (the dataset to train on)")
+        info |= {"data": str(args.data.resolve()), "data_options": {"downscale": args.downscale}}
+    scene = data.load(info["data"], **info["data_options"])
+    run_dir = args.out or default_run_dir(method_cls.name, scene.name)
+    torch.manual_seed(config.seed)
+    _train(args, method_cls(config, scene, device=args.device), run_dir, info)
+
+
+def cmd_dream(args: argparse.Namespace) -> None:
+    from recon.evaluate import clip_score, render_path
+    from recon.io import write_json
+    from recon.methods.dreamer import Dreamer, check_priors
+    from recon.runs import default_run_dir
+
+    overrides = _overrides(args.set)
+    given = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "stage": args.stage, "if_model": args.if_model,
+             "sd_model": args.sd_model, "oracle": args.oracle and str(args.oracle.resolve())}
+    overrides |= {key: value for key, value in given.items() if value is not None}
+    config, info = _run_config(args, Dreamer, overrides)
+    check_priors(config)
+    info |= {"data": "", "data_options": {}}
+    scene = Dreamer.load_scene(config, info)
+    run_dir = args.out or default_run_dir(Dreamer.name, scene.name)
+    torch.manual_seed(config.seed)
+    method = Dreamer(config, scene, device=args.device)
+    _train(args, method, run_dir, info)
+    method.export_ply(run_dir / "export" / "point_cloud.ply")
+    video = render_path(method, run_dir / "render", "orbit", args.frames, 30)
+    score = clip_score(run_dir / "render" / "orbit", config.prompt, args.clip)
+    write_json(run_dir / "eval" / "clip.json", score)
+    shown = "n/a" if score["clip_score"] is None else f"{score['clip_score']:.2f}"
+    print(f"wrote {method.num_gaussians} Gaussians to {run_dir / 'export' / 'point_cloud.ply'}, the turntable {video}; CLIP score {shown} ({score['note']})")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -215,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    handlers = {"data": cmd_data_synth, "train": cmd_train, "eval": cmd_eval, "render": cmd_render, "view": cmd_view, "export": cmd_export}
+    handlers = {"data": cmd_data_synth, "train": cmd_train, "dream": cmd_dream, "eval": cmd_eval, "render": cmd_render, "view": cmd_view, "export": cmd_export}
     shown = warnings.showwarning
     warnings.showwarning = _show_warning
     try:

@@ -115,3 +115,29 @@ def _focus_depth(scene) -> float:
     if scene.depths is not None and (scene.depths > 0).any():
         return float(scene.depths[scene.depths > 0].mean())
     return 0.5 * (scene.near + scene.far) if not scene.ndc else 4.0
+
+
+def clip_score(frames_dir: Path, prompt: str, clip: str | None) -> dict:
+    """CLIP similarity (100 × cosine, as text-to-3D papers report it) between `prompt` and each
+    frame in frames_dir, averaged; `clip` = "ARCH:FILE", an open_clip architecture and its local
+    weights. {"clip_score": None, "note": why} when there are no weights or no open_clip."""
+    if not clip:
+        return {"clip_score": None, "note": "n/a: no CLIP weights (--clip ARCH:FILE or $RECON_CLIP)"}
+    arch, _, weights = clip.partition(":")
+    if not Path(weights).is_file():
+        raise ValueError(f"--clip {clip}: no weights file {weights!r} (expected ARCH:FILE, e.g. ViT-B-32:open_clip_model.bin)")
+    try:
+        import open_clip
+    except ImportError:
+        return {"clip_score": None, "note": "n/a: open_clip is not installed (pip install open-clip-torch)"}
+    from PIL import Image
+
+    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights)
+    tokenizer = open_clip.get_tokenizer(arch)
+    frames = sorted(Path(frames_dir).glob("*.png"))
+    with torch.no_grad():
+        text = torch.nn.functional.normalize(model.encode_text(tokenizer([prompt])), dim=-1)  # [1, E]
+        images = torch.stack([preprocess(Image.open(f).convert("RGB")) for f in frames])
+        features = torch.nn.functional.normalize(model.encode_image(images), dim=-1)  # [F, E]
+    scores = 100 * (features @ text.T).squeeze(1)
+    return {"clip_score": float(scores.mean()), "note": f"{arch} on {len(frames)} frames", "per_frame": scores.tolist()}

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-import data
 from recon.io import CheckpointError
 from recon.methods import find_method
 from recon.methods.base import Method, TrainConfig, config_from_dict, type_name
@@ -82,8 +81,8 @@ def open_run(run_dir: Path, device: torch.device | str | None = None) -> tuple[M
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint in this run")
-    scene = data.load(info["data"], **info["data_options"])
-    method = method_cls(config_from_dict(method_cls.Config, info["config"]), scene, device=device)
+    config = config_from_dict(method_cls.Config, info["config"])
+    method = method_cls(config, method_cls.load_scene(config, info), device=device)
     state = restore(method, checkpoint, training=False)
     method.eval()
     return method, {**info, "step": state["step"], "checkpoint": str(checkpoint)}

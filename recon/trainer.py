@@ -127,8 +127,8 @@ class Trainer:
                 train_time += elapsed
                 done = step + 1
                 speed = {"rays_per_s": stats["rays"] / max(elapsed, 1e-9)} if "rays" in stats else {"steps_per_s": 1 / max(elapsed, 1e-9)}
-                extra = f"{speed['rays_per_s']:,.0f} rays/s" if "rays" in stats else f"{stats.get('gaussians', 0):,} Gaussians"
-                progress.update(task, completed=done, stats=f"loss {stats['loss']:.4f}  psnr {stats['psnr']:.2f}  {extra}")
+                progress.update(task, completed=done, stats=self.method.progress_text({**stats, **speed}))
+                self.method.write_artifacts(self.run_dir)
                 if done % config.log_every == 0 or done == config.max_steps:
                     self._log({"step": done, "train_time": round(train_time, 3), **{k: round(v, 5) for k, v in {**stats, **speed}.items()}})
                 if done % config.eval_every == 0 or done == config.max_steps:
@@ -191,12 +191,14 @@ class Trainer:
         fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(10, 4))
         ax_loss.semilogy([r["step"] for r in train], [r["loss"] for r in train])
         ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
-        ax_psnr.plot([r["step"] for r in train], [r["psnr"] for r in train], label="train (batch)")
+        if train and "psnr" in train[0]:
+            ax_psnr.plot([r["step"] for r in train], [r["psnr"] for r in train], label="train (batch)")
         if val:
             key = next(k for k in val[0] if k.endswith("_psnr"))
             ax_psnr.plot([r["step"] for r in val], [r[key] for r in val], "o-", label=key.replace("_psnr", ""))
         ax_psnr.set(xlabel="step", ylabel="PSNR (dB)", title="PSNR")
-        ax_psnr.legend()
+        if ax_psnr.lines:
+            ax_psnr.legend()
         fig.tight_layout()
         atomic_write(self.run_dir / "curves.png", lambda tmp: fig.savefig(tmp, dpi=80))
         plt.close(fig)

@@ -42,5 +42,5 @@ if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
   fi
 fi
 echo "bootstrap: installing recon and its dependencies into $VENV"
-$PIP install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
-"$VENV/bin/python" -c 'import recon, open3d, gsplat, nerfacc' && touch "$STAMP"
+$PIP install -q -e ".[dev,diffusion]" 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/python" -c 'import recon, open3d, gsplat, nerfacc, diffusers, transformers' && touch "$STAMP"

@@ -260,7 +260,7 @@ class Viewer:
             state = "done" if self._done else "paused" if not self._unpaused.is_set() else "training"
             lines.append(f"step {self._step:,} / {method.config.max_steps:,} ({state})")
             if s:
-                lines.append(f"loss {s['loss']:.4f} · PSNR {s['psnr']:.2f} dB")
+                lines.append(method.progress_text(s))
                 lines.append(f"{s['rays_per_s']:,.0f} rays/s" if "rays_per_s" in s else f"{s.get('steps_per_s', 0):.1f} steps/s")
         if "means" in getattr(method, "params", {}):
             lines.append(f"{method.params['means'].shape[0]:,} Gaussians")

@@ -5,11 +5,12 @@ from recon.methods.base import Method
 
 
 def method_registry() -> dict[str, type[Method]]:
+    from recon.methods.dreamer import Dreamer
     from recon.methods.nerf import Nerf
     from recon.methods.pronerf import Pronerf
     from recon.methods.splat import Splat
 
-    return {Nerf.name: Nerf, Pronerf.name: Pronerf, Splat.name: Splat}
+    return {Nerf.name: Nerf, Pronerf.name: Pronerf, Splat.name: Splat, Dreamer.name: Dreamer}
 
 
 def find_method(name: str) -> type[Method]:

@@ -119,6 +119,13 @@ class Method(nn.Module):
         self.train_images = scene.images[train].to(self.device)  # [T, H, W, 3]
         self.train_K, self.train_c2w = scene.K[train].to(self.device), scene.c2w[train].to(self.device)  # [T, 3, 3], [T, 4, 4]
 
+    @classmethod
+    def load_scene(cls, config: TrainConfig, info: dict) -> Scene:
+        """The scene of a run, from its config.json `info` (a dataset path for most methods)."""
+        import data
+
+        return data.load(info["data"], **info["data_options"])
+
     def sample_training_rays(self, num_rays: int, generator: torch.Generator) -> tuple[Rays, torch.Tensor, torch.Tensor]:
         """Rays through random pixels of random training views (NDC for forward-facing scenes),
         their target colours [R, 3] and training-view indices [R]."""
@@ -134,6 +141,14 @@ class Method(nn.Module):
     def train_step(self, step: int) -> dict[str, float]:
         """One optimisation step; returns at least "loss", "psnr" and "rays" (or "gaussians")."""
         raise NotImplementedError
+
+    def progress_text(self, stats: dict[str, float]) -> str:
+        """The progress bar's statistics for one step's `stats`."""
+        speed = f"{stats['rays_per_s']:,.0f} rays/s" if "rays_per_s" in stats else f"{stats.get('gaussians', 0):,} Gaussians"
+        return f"loss {stats['loss']:.4f}  psnr {stats['psnr']:.2f}  {speed}"
+
+    def write_artifacts(self, run_dir) -> None:
+        """Write whatever the last step produced for the run directory (debug images); none by default."""
 
     @torch.no_grad()
     def render_view(self, K: torch.Tensor, c2w: torch.Tensor, width: int, height: int) -> dict[str, torch.Tensor]:

@@ -84,8 +84,7 @@ class Splat(Method):
         """`gaussians`: raw parameters to start from (as `read_ply` returns) instead of `config.init`."""
         super().__init__(config, scene, device)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
-        centres = self.train_c2w[:, :3, 3]
-        self.scene_scale = float((centres - centres.mean(0)).norm(dim=-1).max()) * 1.1
+        self.scene_scale = self._scene_scale()
         self.register_buffer("background", torch.tensor(scene.background, dtype=torch.float32))
         initial = self._initial_gaussians() if gaussians is None else {k: torch.nn.Parameter(v.float().contiguous()) for k, v in gaussians.items()}
         self.params = torch.nn.ParameterDict(initial)
@@ -101,6 +100,12 @@ class Splat(Method):
         self._make_optimizers()
         self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_scale)
 
+    def _scene_scale(self) -> float:
+        """The scene's extent (scales the position learning rate and densification thresholds):
+        1.1 × the largest distance of a training camera from their centroid."""
+        centres = self.train_c2w[:, :3, 3]
+        return float((centres - centres.mean(0)).norm(dim=-1).max()) * 1.1
+
     def _initial_gaussians(self) -> dict[str, torch.nn.Parameter]:
         c, scene = self.config, self.scene
         if c.init == "points" and scene.points is not None:
@@ -112,6 +117,12 @@ class Splat(Method):
         else:
             raise ValueError(f"init must be 'points' or 'random', got {c.init!r}")
         n = means.shape[0]
+        return self._gaussians_at(means, colors)
+
+    def _gaussians_at(self, means: torch.Tensor, colors: torch.Tensor) -> dict[str, torch.nn.Parameter]:
+        """Isotropic Gaussians at means [N, 3] with base colours [N, 3]: scale init_scale × the mean
+        distance to the 3 nearest neighbours, random rotation, opacity init_opacity, higher SH 0."""
+        c, n = self.config, means.shape[0]
         scales = torch.log(_mean_neighbour_distance(means).clamp_min(1e-7) * c.init_scale)[:, None].repeat(1, 3)
         quats = F.normalize(torch.randn(n, 4, generator=self.generator, device=self.device), dim=-1)
         opacities = torch.logit(torch.full((n,), c.init_opacity, device=self.device))

@@ -200,8 +200,8 @@ def cmd_dream(args: argparse.Namespace) -> None:
     video = render_path(method, run_dir / "render", "orbit", args.frames, 30)
     score = clip_score(run_dir / "render" / "orbit", config.prompt, args.clip)
     write_json(run_dir / "eval" / "clip.json", score)
-    shown = "n/a" if score["clip_score"] is None else f"{score['clip_score']:.2f}"
-    print(f"wrote {method.num_gaussians} Gaussians to {run_dir / 'export' / 'point_cloud.ply'}, the turntable {video}; CLIP score {shown} ({score['note']})")
+    shown = score["note"] if score["clip_score"] is None else f"{score['clip_score']:.2f} ({score['note']})"
+    print(f"wrote {method.num_gaussians} Gaussians to {run_dir / 'export' / 'point_cloud.ply'}, the turntable {video}; CLIP score {shown}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

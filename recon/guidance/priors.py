@@ -10,6 +10,7 @@ from the network: HF_HUB_OFFLINE is set before diffusers or transformers are imp
 from __future__ import annotations
 
 import gc
+import json
 import os
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -80,6 +81,7 @@ HOW_TO_GET = {
     "if": "accept the licence at huggingface.co/DeepFloyd/IF-I-XL-v1.0, then huggingface-cli download DeepFloyd/IF-I-XL-v1.0 --local-dir DIR",
 }
 NAMES = {"sd": "Stable Diffusion", "if": "DeepFloyd IF stage I"}
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # what the UNet predicts; v is converted to ε
 REQUIRED = ("unet/config.json", "scheduler/scheduler_config.json", "tokenizer", "text_encoder/config.json")
 
 
@@ -100,7 +102,24 @@ def model_directory(source: str | Path, kind: str) -> Path:
     if missing:
         where = "does not exist" if not path.exists() else f"lacks {', '.join(missing)}"
         raise ValueError(f"{source}: no {NAMES[kind]} model there ({where}); weights are never downloaded at run time — on a machine with internet: {HOW_TO_GET[kind]}")
+    scheduler = path / "scheduler" / "scheduler_config.json"
+    try:
+        prediction_type = json.loads(scheduler.read_text()).get("prediction_type", "epsilon")
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"{scheduler}: not a scheduler config ({error})") from None
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"{scheduler}: prediction_type {prediction_type!r} is not supported (expected one of {', '.join(PREDICTION_TYPES)})")
     return path
+
+
+def _quiet_loading() -> None:
+    """diffusers and transformers report errors only, without progress bars, as every recon run does."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
 
 
 @contextmanager
@@ -126,15 +145,14 @@ class DiffusersPrior(DiffusionPrior):
         from diffusers import UNet2DConditionModel
 
         self.path = model_directory(source, self.kind)
+        _quiet_loading()
         self.device = torch.device(device)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.offload = cpu_offload and self.device.type == "cuda"
         self.key = f"{type(self).__name__}:{self.path.resolve()}"
         self.cache = EmbeddingCache(self.key, cache_root)
         scheduler = self._scheduler()
-        self.prediction_type = scheduler.config.prediction_type
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"{self.path / 'scheduler'}: prediction_type {self.prediction_type!r} is not supported (epsilon or v_prediction)")
+        self.prediction_type = scheduler.config.prediction_type  # one of PREDICTION_TYPES (model_directory checked)
         self.alphas_cumprod = scheduler.alphas_cumprod.float().to(self.device)  # [T]
         self.unet = self._frozen(UNet2DConditionModel.from_pretrained(self.path, subfolder="unet", torch_dtype=self.dtype))
         if attention_slicing:

@@ -138,7 +138,9 @@ class Dreamer(Splat):
         super().__init__(config, scene, device=device)
         self.background_field = None
         if config.background == "learned":
-            self.background_field = torch.nn.Sequential(PositionalEncoding(3, 4), MLP(27, 32, 2, 3, out_activation=torch.nn.Sigmoid)).to(self.device)
+            with torch.random.fork_rng(devices=[]):  # its initial weights follow the seed alone
+                torch.manual_seed(config.seed)
+                self.background_field = torch.nn.Sequential(PositionalEncoding(3, 4), MLP(27, 32, 2, 3, out_activation=torch.nn.Sigmoid)).to(self.device)
             self.background_optimizer = torch.optim.Adam(self.background_field.parameters(), lr=1e-3)
         self._priors: dict[int, DiffusionPrior] = {}  # built on first use, not part of the checkpoint
         self._embeddings: dict[int, dict[str, torch.Tensor]] = {}

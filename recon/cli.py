@@ -179,7 +179,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_dream(args: argparse.Namespace) -> None:
-    from recon.evaluate import clip_score, render_path
+    from recon.evaluate import clip_score, parse_clip, render_path
     from recon.io import write_json
     from recon.methods.dreamer import Dreamer, check_priors
     from recon.runs import default_run_dir
@@ -190,6 +190,8 @@ def cmd_dream(args: argparse.Namespace) -> None:
     overrides |= {key: value for key, value in given.items() if value is not None}
     config, info = _run_config(args, Dreamer, overrides)
     check_priors(config)
+    if args.clip:
+        parse_clip(args.clip)
     info |= {"data": "", "data_options": {}}
     scene = Dreamer.load_scene(config, info)
     run_dir = args.out or default_run_dir(Dreamer.name, scene.name)

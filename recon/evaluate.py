@@ -117,15 +117,21 @@ def _focus_depth(scene) -> float:
     return 0.5 * (scene.near + scene.far) if not scene.ndc else 4.0
 
 
+def parse_clip(clip: str) -> tuple[str, Path]:
+    """"ARCH:FILE" → (open_clip architecture, weights file); ValueError unless the file exists."""
+    arch, _, weights = clip.partition(":")
+    if not arch or not Path(weights).is_file():
+        raise ValueError(f"--clip {clip}: expected ARCH:FILE with a local weights file, e.g. ViT-B-32:open_clip_model.bin")
+    return arch, Path(weights)
+
+
 def clip_score(frames_dir: Path, prompt: str, clip: str | None) -> dict:
     """CLIP similarity (100 × cosine, as text-to-3D papers report it) between `prompt` and each
     frame in frames_dir, averaged; `clip` = "ARCH:FILE", an open_clip architecture and its local
     weights. {"clip_score": None, "note": why} when there are no weights or no open_clip."""
     if not clip:
         return {"clip_score": None, "note": "n/a: no CLIP weights (--clip ARCH:FILE or $RECON_CLIP)"}
-    arch, _, weights = clip.partition(":")
-    if not Path(weights).is_file():
-        raise ValueError(f"--clip {clip}: no weights file {weights!r} (expected ARCH:FILE, e.g. ViT-B-32:open_clip_model.bin)")
+    arch, weights = parse_clip(clip)
     try:
         import open_clip
     except ImportError:

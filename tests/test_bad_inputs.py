@@ -113,6 +113,12 @@ def _break_file(path: Path, content: bytes) -> Path:
     return path
 
 
+def _object(tmp: Path) -> Path:
+    """A small 3DGS object (a text-to-3D oracle's target)."""
+    write_ply(tmp / "object.ply", _gaussians(8))
+    return tmp / "object.ply"
+
+
 def _train(world: Path, *args) -> list:
     return ["train", "splat", "--data", world / "scene", *args]
 
@@ -160,6 +166,16 @@ CASES = {
     "ply all nan": lambda w, t: (_eval_ply(w, t, {**_gaussians(3), "means": torch.full((3, 3), float("nan"))}), "bad.ply: every one of its 3 Gaussians"),
     "ply truncated": lambda w, t: (_eval_ply(w, t, _gaussians(4), cut=7), "bad.ply: truncated"),
     "ply without data": lambda w, t: (["eval", t / "x.ply"], "--data DIR is required"),
+    # text-to-3D
+    "dream via train": lambda w, t: (["train", "dream", "--data", w / "scene"], "recon dream \"PROMPT\""),
+    "dream without weights": lambda w, t: (["dream", "a cat", "--out", t / "o"], "stage 1 needs DeepFloyd IF weights: --if DIR"),
+    "dream stage 2 without weights": lambda w, t: (["dream", "a cat", "--stage", "2", "--if", t], "stage 2 needs Stable Diffusion weights: --sd DIR"),
+    "dream missing model": lambda w, t: (["dream", "a cat", "--stage", "2", "--sd", t / "sd21"], "sd21: no Stable Diffusion model there (does not exist)"),
+    "dream incomplete model": lambda w, t: (["dream", "a cat", "--stage", "1", "--if", t], "no DeepFloyd IF stage I model there (lacks unet/config.json"),
+    "dream missing oracle": lambda w, t: (["dream", "a cat", "--oracle", t / "none.ply"], "none.ply: no such file"),
+    "dream bad weighting": lambda w, t: (["dream", "a cat", "--oracle", _object(t), "--set", "stage1_weighting=sqrt"], "stage1_weighting='sqrt': expected one of dreamfusion"),
+    "dream elevation": lambda w, t: (["dream", "a cat", "--oracle", _object(t), "--set", "elevation_max=120"], "elevation_max=120.0: out of range"),
+    "dream clip weights": lambda w, t: (["dream", "a cat", "--oracle", _object(t), "--clip", "ViT-B-32"], "--clip ViT-B-32: expected ARCH:FILE"),
     # synthetic data
     "synth huge": lambda w, t: (["data", "synth", "--res", 100000, "--out", t / "s"], "res: expected an integer in [8, 2048], got 100000"),
     "synth no views": lambda w, t: (["data", "synth", "--views", 0, "--out", t / "s"], "views: expected an integer"),

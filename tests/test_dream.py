@@ -216,3 +216,23 @@ def test_two_stages_through_the_cli_with_tiny_if_and_sd(models, tmp_path, monkey
     for encoder in (transformers.CLIPTextModel, transformers.T5EncoderModel):
         monkeypatch.setattr(encoder, "from_pretrained", lambda *a, **k: pytest.fail("a text encoder was built"))
     assert main([str(a) for a in [*args, "--max-steps", 2, "--set", "stage1_steps=1", "--out", tmp_path / "again"]]) == 0
+
+
+def test_the_viewer_shows_the_latest_debug_grid_and_the_stage(target, tmp_path):
+    from recon.trainer import Trainer
+    from test_viewer import free_port
+    from viewer import Viewer
+
+    config = oracle_config(target, max_steps=20, debug_every=10)
+    method = Dreamer(config, orbit_scene(config), device="cpu")
+    viewer = Viewer(method, port=free_port())
+    try:
+        Trainer(method, tmp_path / "run", {}).run(quiet=True, viewer=viewer)
+        viewer._update_debug_image()  # what the render thread does every second
+        assert viewer.debug_image.visible and viewer.debug_image.image.shape == (2 * 64, 3 * 64, 3)
+        shown = viewer.debug_image.image.astype(int)
+        assert abs(shown - (method.debug_image.numpy() * 255).round()).max() <= 1
+        assert (tmp_path / "run" / "debug" / "step_0000020.png").is_file()
+        assert "stage 1" in viewer._stats_text() and "t [" in viewer._stats_text()
+    finally:
+        viewer.close()

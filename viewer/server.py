@@ -168,6 +168,7 @@ class Viewer:
             if self.training and now - last_stats >= STATS_EVERY_S:
                 last_stats = now
                 self.stats.content = self._stats_text()
+                self._update_debug_image()
             if self.training and not self._done and views and self.show_points.value and now - last_points >= POINTS_EVERY_S:
                 last_points = now
                 self._update_points()
@@ -225,6 +226,8 @@ class Viewer:
             self.stats = gui.add_markdown(self._stats_text())
             self.pause_button = gui.add_button("Pause training", icon=viser.Icon.PLAYER_PAUSE, visible=self.training)
             self.pause_button.on_click(lambda _: self._toggle_pause())
+            self.debug_image = gui.add_image(np.zeros((8, 8, 3), np.uint8), label="debug", format="png", visible=False)
+            self._shown_debug = None
         with gui.add_folder("Render"):
             self.render_mode = gui.add_dropdown("Mode", MODES, initial_value="RGB")
             full = int(np.clip(max(scene.width, scene.height), 256, 1024)) // 32 * 32
@@ -237,6 +240,14 @@ class Viewer:
             self.show_points = gui.add_checkbox("Point cloud", False, hint="Gaussian centres, or the scene's points")
         self.show_cameras.on_update(lambda _: self._show_cameras())
         self.show_points.on_update(lambda _: self._update_points())
+
+    def _update_debug_image(self) -> None:
+        """Show the method's latest debug image (text-to-3D: render | noisy input | x̂₀ per view)."""
+        image = self.method.debug_image
+        if self.training and image is not None and image is not self._shown_debug:
+            self._shown_debug = image
+            self.debug_image.image = to_image({"rgb": image}, "RGB")
+            self.debug_image.visible = True
 
     def _settings_changed(self) -> None:
         self._settings_version += 1

@@ -108,6 +108,7 @@ class Method(nn.Module):
     name: str
     Config: type[TrainConfig]
     presets: dict[str, TrainConfig]
+    debug_image: torch.Tensor | None = None  # [H, W, 3] in [0, 1]: the latest debugging view, shown by the viewer
 
     def __init__(self, config: TrainConfig, scene: Scene, device: torch.device | str | None = None) -> None:
         super().__init__()

@@ -144,7 +144,7 @@ class Dreamer(Splat):
             self.background_optimizer = torch.optim.Adam(self.background_field.parameters(), lr=1e-3)
         self._priors: dict[int, DiffusionPrior] = {}  # built on first use, not part of the checkpoint
         self._embeddings: dict[int, dict[str, torch.Tensor]] = {}
-        self._debug: dict | None = None
+        self._debug: dict | None = None  # the record of the latest debug grid until write_artifacts writes it
 
     # ---- the scene: a fixed orbit of cameras, with the oracle's renders when there is one -----
     @classmethod
@@ -269,7 +269,8 @@ class Dreamer(Splat):
         self.means_scheduler.step()
         self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state, step, info, packed=False)
         if debug:
-            self._debug = {"step": step + 1, "t": result.t.tolist(), "views": names, "grid": debug_grid(result)}
+            self.debug_image = debug_grid(result)
+            self._debug = {"step": step + 1, "t": result.t.tolist(), "views": names}
         return {
             "loss": loss.item(), "sds": result.loss.item(), "stage": stage, "t_min": t_range[0], "t_max": t_range[1],
             "t": float(result.t.float().mean()), "resolution": side, "opacity": opacity.item(), "gaussians": self.num_gaussians,
@@ -285,7 +286,7 @@ class Dreamer(Splat):
         if self._debug is None:
             return
         debug, self._debug = self._debug, None
-        write_png(run_dir / "debug" / f"step_{debug['step']:07d}.png", debug.pop("grid"))
+        write_png(run_dir / "debug" / f"step_{debug['step']:07d}.png", self.debug_image)
         with open(run_dir / "debug" / "steps.jsonl", "a") as f:
             f.write(json.dumps(debug) + "\n")
 

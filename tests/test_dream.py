@@ -96,6 +96,38 @@ def test_deepfloyd_if_prior_works_in_pixels_and_takes_the_first_three_of_six_cha
     torch.testing.assert_close(prior.predict_noise(x_t, t, embeddings, None), out[:, :3])
 
 
+def test_the_image_space_target_of_a_latent_prior_is_the_decoded_x0(models):
+    prior = StableDiffusionGuidance(models.sd, "cpu", generator=torch.Generator().manual_seed(0))
+    embeddings = prior.text_embeddings(["", "a snowman"])
+    renders = torch.rand(2, 64, 64, 3, requires_grad=True)  # at the prior's resolution: `prepare` only transposes
+    settings = GuidanceSettings(scale=7.5, loss_space="image")
+    result = score_distillation(prior, renders, embeddings[1:].expand(2, -1, -1), embeddings[:1].expand(2, -1, -1), (20, 980), None, settings, torch.Generator().manual_seed(1), debug=True)
+    result.loss.backward()
+    ab = prior.alphas_cumprod[result.t].view(-1, 1, 1, 1)
+    lam = (ab * (1 - ab)).sqrt()  # DreamFusion's w = 1 − ā as an L2 weight: a·s
+    expected = lam * (renders.detach().permute(0, 3, 1, 2) - result.x0) / 2
+    torch.testing.assert_close(renders.grad, expected.permute(0, 2, 3, 1), atol=1e-6, rtol=1e-5)
+
+
+def test_stages_resolution_ramp_and_clip_schedule(target):
+    config = oracle_config(target, stage="both", max_steps=100, stage1_steps=40, stage2_resolution=128, stage2_resolution_start=64,
+                           resolution_ramp=0.5, grad_clip_start=0.5, grad_clip_end=2.0)
+    method = Dreamer(config, orbit_scene(config), device="cpu")
+    assert [method.stage_at(s) for s in (0, 39, 40, 99)] == [1, 1, 2, 2]
+    assert [method.stage_progress(s) for s in (10, 40, 70)] == [(10, 40), (0, 60), (30, 60)]
+    assert [method.resolution_at(s) for s in (0, 39, 40, 55, 70, 99)] == [64, 64, 64, 96, 128, 128]  # ramp over half of stage 2
+    assert [method.grad_clip_at(s) for s in (0, 50, 100)] == [0.5, 1.25, 2.0]
+    alone = Dreamer(replace(config, stage="2"), orbit_scene(config), device="cpu")
+    assert alone.stage_at(0) == 2 and alone.stage_progress(30) == (30, 100)
+
+
+def test_a_run_can_start_from_a_ply_with_its_colours_at_sh_degree_0(target):
+    config = oracle_config(target, init="ply", init_ply=str(target))
+    method = Dreamer(config, orbit_scene(config), device="cpu")
+    assert method.num_gaussians == read_ply(target)["means"].shape[0] and method.params["shN"].shape[1] == 0
+    assert orbit_psnr(method) > 40  # the oracle's own object, rendered on the orbit
+
+
 def test_model_folders_are_checked_with_errors_naming_the_path(models, tmp_path):
     with pytest.raises(ValueError, match=r"nowhere: no Stable Diffusion model there \(does not exist\).*huggingface-cli download"):
         model_directory(tmp_path / "nowhere", "sd")

@@ -271,9 +271,10 @@ class Dreamer(Splat):
         if debug:
             self.debug_image = debug_grid(result)
             self._debug = {"step": step + 1, "t": result.t.tolist(), "views": names}
+        memory = {"cuda_peak_mb": torch.cuda.max_memory_allocated(self.device) / 2**20} if self.device.type == "cuda" else {}
         return {
             "loss": loss.item(), "sds": result.loss.item(), "stage": stage, "t_min": t_range[0], "t_max": t_range[1],
-            "t": float(result.t.float().mean()), "resolution": side, "opacity": opacity.item(), "gaussians": self.num_gaussians,
+            "t": float(result.t.float().mean()), "resolution": side, "opacity": opacity.item(), "gaussians": self.num_gaussians, **memory,
         }
 
     def progress_text(self, stats: dict[str, float]) -> str:

@@ -121,6 +121,18 @@ def test_stages_resolution_ramp_and_clip_schedule(target):
     assert alone.stage_at(0) == 2 and alone.stage_progress(30) == (30, 100)
 
 
+def test_densification_stops_growing_at_max_gaussians(target):
+    def final_count(cap):
+        config = oracle_config(target, max_steps=61, refine_start=20, refine_every=20, refine_stop=100, max_gaussians=cap)  # refines at 40, 60
+        method = Dreamer(config, orbit_scene(config), device="cpu")
+        for step in range(config.max_steps):
+            method.train_step(step)
+        return method.num_gaussians
+
+    assert final_count(10**6) > 3000  # SDS gradients pass the threshold almost everywhere: 1000 → 2000 → 4000
+    assert 1500 <= final_count(1500) <= 2000  # grown once (past the cap), then only pruned
+
+
 def test_a_run_can_start_from_a_ply_with_its_colours_at_sh_degree_0(target):
     config = oracle_config(target, init="ply", init_ply=str(target))
     method = Dreamer(config, orbit_scene(config), device="cpu")
@@ -208,14 +220,14 @@ def test_dreaming_on_the_oracle_rebuilds_the_object_and_swapped_prompts_push_awa
 
 def test_resume_is_exact_across_the_stage_switch_and_a_densification(target, tmp_path):
     config = oracle_config(target, stage="both", max_steps=60, stage1_steps=30, stage2_resolution=48, stage2_resolution_start=32,
-                           refine_start=20, refine_every=20, refine_stop=50, checkpoint_every=25, background="learned", debug_every=20)
+                           refine_start=10, refine_every=10, refine_stop=50, checkpoint_every=25, background="learned", debug_every=20)
 
     def run(run_dir, crash_at=None, resume=False):
         return run_training(Dreamer(config, orbit_scene(config), device="cpu"), run_dir, resume=resume, crash_at=crash_at)
 
     straight = run(tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "b", crash_at=35)  # densified at 20, checkpoint at 25, stage 2 from 30
+        run(tmp_path / "b", crash_at=35)  # densified at 20, checkpoint at 25, stage 2 from 30, densified at 30 and 40
     resumed = run(tmp_path / "b", resume=True)
     assert resumed.num_gaussians == straight.num_gaussians != config.init_num_random
     for name, value in straight.state_dict().items():

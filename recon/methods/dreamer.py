@@ -27,6 +27,7 @@ made here, from the open neighbours (threestudio, DreamGaussian, LucidDreamer, g
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
@@ -63,7 +64,7 @@ class DreamConfig(SplatConfig):
         "grad_clip_start": NON_NEGATIVE, "grad_clip_end": NON_NEGATIVE, "resolution_ramp": FRACTION, "batch_size": COUNT,
         "camera_radius_min": POSITIVE, "camera_radius_max": POSITIVE, "elevation_min": ANGLE, "elevation_max": ANGLE,
         "fovy_min": FIELD_OF_VIEW, "fovy_max": FIELD_OF_VIEW, "background": ("random", "learned", "white", "black"),
-        "init_radius": POSITIVE, "lambda_opacity": NON_NEGATIVE, "lambda_scale": NON_NEGATIVE, "debug_every": COUNT,
+        "init_radius": POSITIVE, "max_gaussians": COUNT, "lambda_opacity": NON_NEGATIVE, "lambda_scale": NON_NEGATIVE, "debug_every": COUNT,
         "eval_cameras": COUNT, "eval_elevation": ANGLE, "eval_resolution": SIDE,
     }
     prompt: str = ""  # what to make; "" is the unconditional prompt
@@ -107,6 +108,7 @@ class DreamConfig(SplatConfig):
     background: str = "random"  # random colour per view | learned (MLP of the view direction) | white | black
     init_radius: float = 0.5  # Gaussians start uniformly in a ball of this radius (init=ball)
     init_ply: str = ""  # init=ply: a 3DGS .ply to start from (its SH degree is dropped to 0)
+    max_gaussians: int = 500_000  # densification stops growing once this many exist (pruning goes on)
     lambda_opacity: float = 0.0  # weight of the mean opacity (sparsity)
     lambda_scale: float = 0.0  # weight of the mean scale
     debug_every: int = 100  # steps between x̂₀ debug grids (debug/step_*.png)
@@ -123,7 +125,7 @@ PRESETS = {
     ),
 }
 PRESETS["fast"] = replace(  # a CPU-sized run: small renders, tiny batches
-    PRESETS["default"], max_steps=600, stage1_steps=400, init_num_random=2000, batch_size=2, stage2_resolution=128,
+    PRESETS["default"], max_steps=600, stage1_steps=400, init_num_random=2000, max_gaussians=20_000, batch_size=2, stage2_resolution=128,
     stage2_resolution_start=64, refine_start=100, refine_stop=500, eval_every=100, checkpoint_every=100, debug_every=50,
     eval_resolution=128,
 )
@@ -267,6 +269,7 @@ class Dreamer(Splat):
         for optimizer in optimizers:
             optimizer.step()
         self.means_scheduler.step()
+        self.strategy.grow_grad2d = c.grow_grad2d if self.num_gaussians < c.max_gaussians else math.inf  # SDS gradients pass any threshold often
         self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state, step, info, packed=False)
         if debug:
             self.debug_image = debug_grid(result)

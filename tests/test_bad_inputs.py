@@ -175,6 +175,9 @@ CASES = {
     "dream missing oracle": lambda w, t: (["dream", "a cat", "--oracle", t / "none.ply"], "none.ply: no such file"),
     "dream bad weighting": lambda w, t: (["dream", "a cat", "--oracle", _object(t), "--set", "stage1_weighting=sqrt"], "stage1_weighting='sqrt': expected one of dreamfusion"),
     "dream elevation": lambda w, t: (["dream", "a cat", "--oracle", _object(t), "--set", "elevation_max=120"], "elevation_max=120.0: out of range"),
+    "dream stage steps": lambda w, t: (["dream", "a cat", "--oracle", _object(t), "--max-steps", 100], "stage=both needs stage1_steps < max_steps"),
+    "dream t range": lambda w, t: (["dream", "a cat", "--oracle", _object(t), "--set", "stage2_t_min=0.9"], "settings stage2_t_*: timestep schedule: expected 0 ≤ low ≤ high"),
+    "dream elevation order": lambda w, t: (["dream", "a cat", "--oracle", _object(t), "--set", "elevation_min=50", "--set", "elevation_max=10"], "expected elevation_min ≤ elevation_max"),
     "dream clip weights": lambda w, t: (["dream", "a cat", "--oracle", _object(t), "--clip", "ViT-B-32"], "--clip ViT-B-32: expected ARCH:FILE"),
     # synthetic data
     "synth huge": lambda w, t: (["data", "synth", "--res", 100000, "--out", t / "s"], "res: expected an integer in [8, 2048], got 100000"),

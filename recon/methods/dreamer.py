@@ -117,6 +117,26 @@ class DreamConfig(SplatConfig):
     eval_resolution: int = 256
 
 
+    def validate(self) -> None:
+        """The per-field checks, then those between fields."""
+        super().validate()
+        for low, high in (("camera_radius_min", "camera_radius_max"), ("elevation_min", "elevation_max"), ("fovy_min", "fovy_max"),
+                          ("stage2_resolution_start", "stage2_resolution")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"settings {low}={getattr(self, low)} and {high}={getattr(self, high)}: expected {low} ≤ {high}")
+        if self.stage == "both" and self.stage1_steps >= self.max_steps:
+            raise ValueError(f"settings stage1_steps={self.stage1_steps} and max_steps={self.max_steps}: stage=both needs stage1_steps < max_steps")
+        if self.init == "ply" and not self.init_ply:
+            raise ValueError("setting init=ply: init_ply must name a 3DGS .ply")
+        for stage in (1, 2):
+            try:
+                TimestepSchedule(*(getattr(self, f"stage{stage}_{name}") for name in SCHEDULE_FIELDS))
+            except ValueError as error:
+                raise ValueError(f"settings stage{stage}_t_*: {error}") from None
+
+
+SCHEDULE_FIELDS = ("schedule", "t_min", "t_max", "t_max_final")  # TimestepSchedule's arguments, per stage
+
 PRESETS = {
     "default": DreamConfig(
         max_steps=3000, init="ball", init_num_random=5000, sh_degree=0, lr_means=1e-3, lr_means_final=2e-5,
@@ -160,8 +180,8 @@ class Dreamer(Splat):
         c = self.config
         if c.init == "ply":
             gaussians = read_ply(c.init_ply)
-            return {name: torch.nn.Parameter(gaussians[name].float().to(self.device).contiguous()) for name in ("means", "scales", "quats", "opacities", "sh0")} | {
-                "shN": torch.nn.Parameter(torch.zeros(gaussians["means"].shape[0], (c.sh_degree + 1) ** 2 - 1, 3, device=self.device))}
+            gaussians["shN"] = torch.zeros(gaussians["means"].shape[0], (c.sh_degree + 1) ** 2 - 1, 3)  # base colours only
+            return {name: torch.nn.Parameter(value.float().to(self.device).contiguous()) for name, value in gaussians.items()}
         direction = F.normalize(torch.randn(c.init_num_random, 3, generator=self.generator, device=self.device), dim=-1)
         radius = c.init_radius * torch.rand(c.init_num_random, 1, generator=self.generator, device=self.device) ** (1 / 3)  # uniform in the ball
         colors = torch.rand(c.init_num_random, 3, generator=self.generator, device=self.device)
@@ -181,7 +201,7 @@ class Dreamer(Splat):
 
     def schedule(self, stage: int) -> TimestepSchedule:
         c = self.config
-        return TimestepSchedule(*(getattr(c, f"stage{stage}_{name}") for name in ("schedule", "t_min", "t_max", "t_max_final")))
+        return TimestepSchedule(*(getattr(c, f"stage{stage}_{name}") for name in SCHEDULE_FIELDS))
 
     def resolution_at(self, step: int) -> int:
         c = self.config

@@ -220,6 +220,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     else:
         method, info = open_run(args.run_dir, args.device)
         label, out_dir = f"{info['method']} step {info['step']}", args.run_dir / "eval"
+        if info["method"] == "dream" and not method.config.oracle:
+            raise ValueError(f"{args.run_dir}: a text-to-3D run has no ground truth to score unless it dreamed on an --oracle (its CLIP score is in eval/clip.json)")
     results = evaluate(method, out_dir, args.split, args.max_views)
     mean = results["mean"]
     lpips = "n/a" if mean["lpips"] is None else f"{mean['lpips']:.4f}"

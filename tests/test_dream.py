@@ -255,6 +255,8 @@ def test_two_stages_through_the_cli_with_tiny_if_and_sd(models, tmp_path, monkey
     assert read_ply(out / "export" / "point_cloud.ply")["means"].shape[0] > 0 and (out / "render" / "orbit.mp4").stat().st_size > 0
     assert json.loads((out / "eval" / "clip.json").read_text())["clip_score"] is None
 
+    assert main(["eval", str(out)]) == 2 and "no ground truth to score unless it dreamed on an --oracle" in capsys.readouterr().err
+
     import transformers  # a second run finds every prompt's embedding on disk
 
     for encoder in (transformers.CLIPTextModel, transformers.T5EncoderModel):
@@ -280,3 +282,13 @@ def test_the_viewer_shows_the_latest_debug_grid_and_the_stage(target, tmp_path):
         assert "stage 1" in viewer._stats_text() and "t [" in viewer._stats_text()
     finally:
         viewer.close()
+
+
+def test_an_oracle_run_through_the_cli_is_scored_by_recon_eval(target, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["dream", "a snowman", "--oracle", str(target), "--preset", "fast", "--stage", "1", "--max-steps", "30", "--quiet", "--frames", "2",
+                 "--set", "eval_resolution=48", "--set", "eval_cameras=3", "--out", str(out)]) == 0
+    assert main(["eval", str(out)]) == 0
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert results["num_views"] == 3 and 12 < results["mean"]["psnr"] < 60
+    assert json.loads((out / "config.json").read_text())["config"]["oracle"] == str(target.resolve())

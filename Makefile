@@ -30,6 +30,7 @@ bench: setup
 	$(PY) bench/nerf.py
 	$(PY) bench/splat_raster.py
 	$(PY) bench/splat_train.py
+	$(PY) bench/dream.py
 
 clean-demo:
 	rm -rf $(DEMO_SCENE) $(DEMO_RUNS)

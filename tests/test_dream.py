@@ -76,6 +76,9 @@ def test_stable_diffusion_prior_loads_offline_and_keeps_the_vae_and_v_convention
     x_t = add_noise(latents.detach(), torch.randn_like(latents), prior.alphas_cumprod[t])
     torch.testing.assert_close(prior.predict_noise(x_t, t, embeddings, None), prior.unet(x_t, t, encoder_hidden_states=embeddings).sample)
 
+    sliced = StableDiffusionGuidance(models.sd, "cpu", attention_slicing=True)  # same numbers, attention in slices
+    torch.testing.assert_close(sliced.predict_noise(x_t, t, embeddings, None), prior.predict_noise(x_t, t, embeddings, None), atol=1e-5, rtol=1e-4)
+
     v_prior = StableDiffusionGuidance(models.sd_v, "cpu")
     assert v_prior.prediction_type == "v_prediction"
     v = v_prior.unet(x_t, t, encoder_hidden_states=embeddings).sample

@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_run_options(train)
 
     dream = commands.add_parser("dream", help="text-to-3D: Gaussians from a prompt by score distillation (StableDreamer)")
-    dream.add_argument("prompt", help="what to make, e.g. \"a ceramic teapot\"")
+    dream.add_argument("prompt", nargs="?", default=None, help="what to make, e.g. \"a ceramic teapot\" (a resumed run keeps its own)")
     dream.add_argument("--if", dest="if_model", default=None, metavar="DIR", help="DeepFloyd IF stage I weights (local diffusers directory or a repo id in the local HF cache): stage 1")
     dream.add_argument("--sd", dest="sd_model", default=None, metavar="DIR", help="Stable Diffusion weights (likewise): stage 2")
     dream.add_argument("--oracle", type=Path, default=None, metavar="FILE.ply", help="replace both priors by the exact noise predictor of this 3DGS object (tests, diagnostics)")
@@ -185,10 +185,16 @@ def cmd_dream(args: argparse.Namespace) -> None:
     from recon.runs import default_run_dir
 
     overrides = _overrides(args.set)
-    given = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "stage": args.stage, "if_model": args.if_model,
+    given = {"negative_prompt": args.negative_prompt, "stage": args.stage, "if_model": args.if_model,
              "sd_model": args.sd_model, "oracle": args.oracle and str(args.oracle.resolve())}
     overrides |= {key: value for key, value in given.items() if value is not None}
+    if not args.resume:
+        if args.prompt is None:
+            raise ValueError("PROMPT is required: recon dream \"a ceramic teapot\" --if DIR --sd DIR")
+        overrides["prompt"] = args.prompt
     config, info = _run_config(args, Dreamer, overrides)
+    if args.prompt is not None and args.prompt != config.prompt:
+        raise ValueError(f"--resume: the run in {args.out} was made for the prompt {config.prompt!r}, not {args.prompt!r}")
     check_priors(config)
     if args.clip:
         parse_clip(args.clip)

@@ -119,6 +119,13 @@ def _object(tmp: Path) -> Path:
     return tmp / "object.ply"
 
 
+def _dream_run(tmp: Path) -> Path:
+    """A 2-step text-to-3D run on an oracle, for "a cat"."""
+    assert run_cli("dream", "a cat", "--oracle", _object(tmp), "--preset", "fast", "--stage", "1", "--max-steps", 2, "--quiet", "--frames", 1,
+                   "--set", "eval_resolution=16", "--out", tmp / "dream") == 0
+    return tmp / "dream"
+
+
 def _train(world: Path, *args) -> list:
     return ["train", "splat", "--data", world / "scene", *args]
 
@@ -178,6 +185,8 @@ CASES = {
     "dream stage steps": lambda w, t: (["dream", "a cat", "--oracle", _object(t), "--max-steps", 100], "stage=both needs stage1_steps < max_steps"),
     "dream t range": lambda w, t: (["dream", "a cat", "--oracle", _object(t), "--set", "stage2_t_min=0.9"], "settings stage2_t_*: timestep schedule: expected 0 ≤ low ≤ high"),
     "dream elevation order": lambda w, t: (["dream", "a cat", "--oracle", _object(t), "--set", "elevation_min=50", "--set", "elevation_max=10"], "expected elevation_min ≤ elevation_max"),
+    "dream without prompt": lambda w, t: (["dream", "--oracle", _object(t)], "PROMPT is required"),
+    "dream resume another prompt": lambda w, t: (["dream", "a dog", "--resume", "--out", _dream_run(t)], "was made for the prompt 'a cat', not 'a dog'"),
     "dream clip weights": lambda w, t: (["dream", "a cat", "--oracle", _object(t), "--clip", "ViT-B-32"], "--clip ViT-B-32: expected ARCH:FILE"),
     # synthetic data
     "synth huge": lambda w, t: (["data", "synth", "--res", 100000, "--out", t / "s"], "res: expected an integer in [8, 2048], got 100000"),

@@ -291,6 +291,8 @@ def test_an_oracle_run_through_the_cli_is_scored_by_recon_eval(target, tmp_path,
     out = tmp_path / "run"
     assert main(["dream", "a snowman", "--oracle", str(target), "--preset", "fast", "--stage", "1", "--max-steps", "30", "--quiet", "--frames", "2",
                  "--set", "eval_resolution=48", "--set", "eval_cameras=3", "--out", str(out)]) == 0
+    assert main(["dream", "--resume", "--out", str(out), "--max-steps", "40", "--quiet", "--frames", "2"]) == 0  # its own prompt and oracle
+    assert [r["step"] for r in logged_values(out) if "loss" in r][-1] == 40
     assert main(["eval", str(out)]) == 0
     results = json.loads((out / "eval" / "results.json").read_text())
     assert results["num_views"] == 3 and 12 < results["mean"]["psnr"] < 60

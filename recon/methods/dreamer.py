@@ -67,6 +67,23 @@ class DreamConfig(SplatConfig):
         "init_radius": POSITIVE, "max_gaussians": COUNT, "lambda_opacity": NON_NEGATIVE, "lambda_scale": NON_NEGATIVE, "debug_every": COUNT,
         "eval_cameras": COUNT, "eval_elevation": ANGLE, "eval_resolution": SIDE,
     }
+    # the splat settings, at text-to-3D values (DreamGaussian's learning rates and densification threshold)
+    max_steps: int = 3000
+    init: str = "ball"  # "ball" (init_num_random Gaussians in a ball of init_radius) or "ply" (init_ply)
+    init_num_random: int = 5000
+    sh_degree: int = 0
+    lr_means: float = 1e-3  # × 2·init_radius; decays to lr_means_final
+    lr_means_final: float = 2e-5
+    lr_quats: float = 5e-3
+    lr_sh0: float = 1e-2
+    refine_start: int = 100
+    refine_stop: int = 2000
+    reset_opacity_every: int = 10**9  # no opacity reset
+    grow_grad2d: float = 0.01
+    eval_every: int = 500
+    checkpoint_every: int = 500
+    log_every: int = 10
+    # text to 3D
     prompt: str = ""  # what to make; "" is the unconditional prompt
     negative_prompt: str = ""  # the unconditional side of classifier-free guidance
     view_prompts: bool = True  # append ", front|side|back|overhead view" from each camera's azimuth/elevation
@@ -137,13 +154,7 @@ class DreamConfig(SplatConfig):
 
 SCHEDULE_FIELDS = ("schedule", "t_min", "t_max", "t_max_final")  # TimestepSchedule's arguments, per stage
 
-PRESETS = {
-    "default": DreamConfig(
-        max_steps=3000, init="ball", init_num_random=5000, sh_degree=0, lr_means=1e-3, lr_means_final=2e-5,
-        lr_scales=5e-3, lr_quats=5e-3, lr_opacities=5e-2, lr_sh0=1e-2, refine_start=100, refine_stop=2000,
-        refine_every=100, reset_opacity_every=10**9, grow_grad2d=0.01, eval_every=500, checkpoint_every=500, log_every=10,
-    ),
-}
+PRESETS = {"default": DreamConfig()}
 PRESETS["fast"] = replace(  # a CPU-sized run: small renders, tiny batches
     PRESETS["default"], max_steps=600, stage1_steps=400, init_num_random=2000, max_gaussians=20_000, batch_size=2, stage2_resolution=128,
     stage2_resolution_start=64, refine_start=100, refine_stop=500, eval_every=100, checkpoint_every=100, debug_every=50,

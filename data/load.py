@@ -7,12 +7,14 @@ from typing import Any, Callable
 
 from data.formats.blender import load_blender
 from data.formats.llff import load_llff
+from data.formats.scannet import is_scannet, load_scannet
 from data.scene import DataError, Scene
 
-# marker file -> loader, in detection order
-FORMATS: dict[str, Callable[..., Scene]] = {
-    "transforms_train.json": load_blender,
-    "poses_bounds.npy": load_llff,
+# what a format's folder holds -> its loader, in detection order
+FORMATS: dict[str, tuple[Callable[[Path], bool], Callable[..., Scene]]] = {
+    "transforms_train.json": (lambda root: (root / "transforms_train.json").is_file(), load_blender),
+    "poses_bounds.npy": (lambda root: (root / "poses_bounds.npy").is_file(), load_llff),
+    "a ScanNet scene (NAME/NAME.sens, color/ + pose/ + intrinsic/, or intrinsic.txt)": (is_scannet, load_scannet),
 }
 
 
@@ -22,11 +24,11 @@ def load(path: str | Path, **kwargs: Any) -> Scene:
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: dataset directory not found")
-    known = {name for loader in FORMATS.values() for name in _options(loader)}
+    known = {name for _, loader in FORMATS.values() for name in _options(loader)}
     if unknown := sorted(set(kwargs) - known):
         raise TypeError(f"load: unknown option(s) {unknown}; known: {sorted(known)}")
-    for marker, loader in FORMATS.items():
-        if (root / marker).is_file():
+    for detect, loader in FORMATS.values():
+        if detect(root):
             options = _options(loader)
             return loader(root, **{k: v for k, v in kwargs.items() if k in options})
     raise DataError(f"{root}: unknown dataset format (expected {' or '.join(FORMATS)})")

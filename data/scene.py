@@ -47,6 +47,7 @@ class Scene:
     point_colors: torch.Tensor | None = None  # [P, 3] float32 in [0, 1]
     objects: list[BoxAnnotation] = field(default_factory=list)
     render_poses: torch.Tensor | None = None  # [M, 4, 4] c2w of the format's own render path
+    world_transform: torch.Tensor | None = None  # [4, 4] the format's raw world frame → this Scene's (ScanNet: axisAlignment)
 
     def __post_init__(self) -> None:
         n, h, w, c = self.images.shape

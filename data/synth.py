@@ -55,7 +55,7 @@ LLFF_GRID = np.array([1.0, 0.6])  # grid extent along x and z
 
 
 @dataclass
-class _Part:
+class Part:
     """A mesh and its material: two colours mixed by a world-space stripe or checker pattern."""
 
     mesh: o3d.geometry.TriangleMesh
@@ -141,7 +141,7 @@ def _write_scene(out: Path, format: str, seed: int, views: int, res: int) -> Non
 
 # ---------------------------------------------------------------------------------------------
 # scene content
-def _make_objects(rng: np.random.Generator) -> list[_Part]:
+def _make_objects(rng: np.random.Generator) -> list[Part]:
     """4-6 primitives standing on the floor inside about [-1, 1]^3, non-overlapping footprints."""
     count = int(rng.integers(4, 7))
     classes = [*rng.permutation(CLASSES), *rng.choice(CLASSES, max(0, count - len(CLASSES)))]
@@ -163,7 +163,7 @@ def _make_objects(rng: np.random.Generator) -> list[_Part]:
         mesh.translate((xy[0], xy[1], FLOOR_Z - mesh.get_min_bound()[2]))
         base = np.array(colorsys.hsv_to_rgb((hue0 + i / count) % 1.0, rng.uniform(0.55, 0.8), 0.9))
         parts.append(
-            _Part(
+            Part(
                 mesh=mesh,
                 class_name=cls,
                 instance_id=i + 1,
@@ -197,18 +197,18 @@ def _primitive(cls: str, size: float, rng: np.random.Generator) -> tuple[o3d.geo
     return mesh, radius
 
 
-def _background(mesh: o3d.geometry.TriangleMesh, name: str, colors: list[list[float]]) -> _Part:
+def _background(mesh: o3d.geometry.TriangleMesh, name: str, colors: list[list[float]]) -> Part:
     mesh.compute_triangle_normals()
-    return _Part(mesh, name, 0, np.array(colors), "checker", 1.5, np.array([1.0, 0.0, 0.0]), 0.1)
+    return Part(mesh, name, 0, np.array(colors), "checker", 1.5, np.array([1.0, 0.0, 0.0]), 0.1)
 
 
-def _blender_floor() -> list[_Part]:
+def _blender_floor() -> list[Part]:
     """A thin checkered disk of radius 1.25 whose top is at z = FLOOR_Z."""
     disk = o3d.geometry.TriangleMesh.create_cylinder(1.25, 0.04, resolution=96).translate((0, 0, FLOOR_Z - 0.02))
     return [_background(disk, "floor", [[0.75, 0.75, 0.72], [0.45, 0.45, 0.43]])]
 
 
-def _llff_backdrop() -> list[_Part]:
+def _llff_backdrop() -> list[Part]:
     """A floor and a wall behind the objects, large enough to fill every LLFF view."""
     floor = o3d.geometry.TriangleMesh.create_box(12.0, 10.0, 0.04).translate((-6.0, -7.5, FLOOR_Z - 0.04))
     wall = o3d.geometry.TriangleMesh.create_box(12.0, 0.04, 8.0).translate((-6.0, 2.5, FLOOR_Z))
@@ -220,14 +220,14 @@ def _llff_backdrop() -> list[_Part]:
 
 # ---------------------------------------------------------------------------------------------
 # rendering
-def _cast(raycaster: o3d.t.geometry.RaycastingScene, origins: np.ndarray, dirs: np.ndarray) -> dict[str, np.ndarray]:
+def cast_rays(raycaster: o3d.t.geometry.RaycastingScene, origins: np.ndarray, dirs: np.ndarray) -> dict[str, np.ndarray]:
     """Ray cast [M, 3] origins and directions; t_hit is in units of the direction's length."""
     rays = np.concatenate([origins, dirs], axis=1).astype(np.float32)
     hits = raycaster.cast_rays(o3d.core.Tensor(rays))
     return {k: hits[k].numpy() for k in ("t_hit", "geometry_ids", "primitive_normals")}
 
 
-def _pixel_rays(K: np.ndarray, c2w_cv: np.ndarray, h: int, w: int, sub: int) -> tuple[np.ndarray, np.ndarray]:
+def pixel_rays(K: np.ndarray, c2w_cv: np.ndarray, h: int, w: int, sub: int) -> tuple[np.ndarray, np.ndarray]:
     """Origins and directions [h·sub·w·sub, 3] through `sub`×`sub` sub-pixel centres; directions have
     camera z = 1, so the hit distance is the z-depth."""
     u = (np.arange(w * sub) + 0.5) / sub  # [w·sub] pixel coordinates, pixel centres at +0.5
@@ -238,16 +238,16 @@ def _pixel_rays(K: np.ndarray, c2w_cv: np.ndarray, h: int, w: int, sub: int) -> 
     return np.broadcast_to(c2w_cv[:3, 3], dirs.shape), dirs
 
 
-def _shade(raycaster, parts: list[_Part], origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _shade(raycaster, parts: list[Part], origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(colour [M, 3], hit [M] bool) of rays: albedo·(ambient + diffuse) + Blinn-Phong, with shadows."""
-    hits = _cast(raycaster, origins, dirs)
+    hits = cast_rays(raycaster, origins, dirs)
     hit = np.isfinite(hits["t_hit"])
     color = np.zeros((len(hit), 3))
     d = normalize(dirs[hit])  # [m, 3]
     x = origins[hit] + dirs[hit] * hits["t_hit"][hit, None]
     n = hits["primitive_normals"][hit].astype(np.float64)
     n *= np.where((n * d).sum(1) > 0, -1.0, 1.0)[:, None]  # face the viewer
-    lit = ~np.isfinite(_cast(raycaster, x + 1e-3 * n, np.broadcast_to(LIGHT, x.shape))["t_hit"])
+    lit = ~np.isfinite(cast_rays(raycaster, x + 1e-3 * n, np.broadcast_to(LIGHT, x.shape))["t_hit"])
     diffuse = np.clip(n @ LIGHT, 0.0, None) * lit  # [m]
     half = normalize(LIGHT - d)
     highlight = np.clip((n * half).sum(1), 0.0, None) ** SHININESS * (diffuse > 0)
@@ -261,18 +261,18 @@ def _shade(raycaster, parts: list[_Part], origins: np.ndarray, dirs: np.ndarray)
     return color, hit
 
 
-def _render(raycaster, parts: list[_Part], K: np.ndarray, c2w_gl: np.ndarray, h: int, w: int) -> dict[str, np.ndarray]:
+def _render(raycaster, parts: list[Part], K: np.ndarray, c2w_gl: np.ndarray, h: int, w: int) -> dict[str, np.ndarray]:
     """rgba [h, w, 4] uint8 (alpha = coverage of 2×2 sub-pixel rays), depth [h, w] float32 z-depth and
     instance [h, w] uint16 of the pixel-centre ray."""
     c2w_cv = opengl_to_opencv(c2w_gl)
     s = SUPERSAMPLE
-    color, hit = _shade(raycaster, parts, *_pixel_rays(K, c2w_cv, h, w, s))
+    color, hit = _shade(raycaster, parts, *pixel_rays(K, c2w_cv, h, w, s))
     color = (color * hit[:, None]).reshape(h, s, w, s, 3).sum((1, 3))  # [h, w, 3]
     coverage = hit.reshape(h, s, w, s).sum((1, 3))  # [h, w]
     rgb = color / np.maximum(coverage, 1)[..., None]  # straight (not premultiplied) colour
     rgba = np.concatenate([rgb, coverage[..., None] / s**2], -1)
 
-    centre = _cast(raycaster, *_pixel_rays(K, c2w_cv, h, w, 1))
+    centre = cast_rays(raycaster, *pixel_rays(K, c2w_cv, h, w, 1))
     t = centre["t_hit"].reshape(h, w)
     ids = centre["geometry_ids"].reshape(h, w).astype(np.int64)
     instance_of = np.array([p.instance_id for p in parts] + [0])  # misses (INVALID_ID) -> 0
@@ -295,7 +295,7 @@ def _write_view(root: Path, key: str, image_path: Path, view: dict[str, np.ndarr
 
 # ---------------------------------------------------------------------------------------------
 # formats
-def _write_blender(root: Path, raycaster, parts: list[_Part], rng: np.random.Generator, views: int, res: int) -> None:
+def _write_blender(root: Path, raycaster, parts: list[Part], rng: np.random.Generator, views: int, res: int) -> None:
     """transforms_{train,val,test}.json and RGBA PNGs; train on a random hemisphere, val/test on orbits."""
     up = np.array([0.0, 0.0, 1.0])
     elev = np.arcsin(rng.uniform(np.sin(np.radians(10)), np.sin(np.radians(75)), views))
@@ -324,7 +324,7 @@ def _orbit(count: int, elevation_deg: float) -> tuple[np.ndarray, np.ndarray]:
     return np.full(count, np.radians(elevation_deg)), np.linspace(0, 2 * np.pi, count, endpoint=False) + 0.3
 
 
-def _write_llff(root: Path, raycaster, parts: list[_Part], rng: np.random.Generator, views: int, res: int) -> None:
+def _write_llff(root: Path, raycaster, parts: list[Part], rng: np.random.Generator, views: int, res: int) -> None:
     """images/*.png and poses_bounds.npy: [down, right, back, t, (H, W, f)] per view + near/far bounds
     from the view's 0.1 / 99.9 depth percentiles, padded by 10 %."""
     w, h = res, res * 3 // 4
@@ -350,7 +350,7 @@ def _write_llff(root: Path, raycaster, parts: list[_Part], rng: np.random.Genera
 
 # ---------------------------------------------------------------------------------------------
 # point cloud
-def _write_points(path: Path, parts: list[_Part], rng: np.random.Generator) -> None:
+def _write_points(path: Path, parts: list[Part], rng: np.random.Generator) -> None:
     """Area-uniform surface samples coloured by albedo and (unshadowed) diffuse light."""
     on_objects = int(NUM_POINTS * 0.7)
     groups = [[p for p in parts if p.instance_id], [p for p in parts if not p.instance_id]]

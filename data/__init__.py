@@ -1,5 +1,6 @@
-"""Datasets: the `Scene` type, format loaders (Blender, LLFF) and the synthetic scene generator."""
+"""Datasets: the `Scene` type, format loaders (Blender, LLFF, ScanNet) and the synthetic generators."""
 from data.scene import BoxAnnotation, DataError, Scene
 from data.load import load
+from data.formats.scannet import scannet_scenes
 
-__all__ = ["BoxAnnotation", "DataError", "Scene", "load"]
+__all__ = ["BoxAnnotation", "DataError", "Scene", "load", "scannet_scenes"]

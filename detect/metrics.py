@@ -15,6 +15,9 @@ every scene's ground truth have no defined recall (npos = 0): they are left out 
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 THRESHOLDS = (0.25, 0.5)
@@ -38,32 +41,34 @@ def all_point_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(((r[steps + 1] - r[steps]) * p[steps + 1]).sum())
 
 
-def _as_scene(entry: dict, scores: bool, index: int) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+def _as_scene(entry: dict, scores: bool, name: str) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     boxes = np.asarray(entry.get("boxes", np.zeros((0, 6))), dtype=np.float64).reshape(-1, 6)
     labels = [str(label) for label in entry.get("labels", [])]
     if len(labels) != len(boxes):
-        raise ValueError(f"scene {index}: {len(boxes)} boxes but {len(labels)} labels")
+        raise ValueError(f"{name}: {len(boxes)} boxes but {len(labels)} labels")
     if np.any(boxes[:, 3:] < boxes[:, :3]) or not np.all(np.isfinite(boxes)):
-        raise ValueError(f"scene {index}: boxes must be finite (x_min, y_min, z_min, x_max, y_max, z_max) with max ≥ min")
+        raise ValueError(f"{name}: boxes must be finite (x_min, y_min, z_min, x_max, y_max, z_max) with max ≥ min")
     if not scores:
         return boxes, labels, None
     values = np.asarray(entry.get("scores", []), dtype=np.float64).reshape(-1)
     if len(values) != len(boxes):
-        raise ValueError(f"scene {index}: {len(boxes)} predicted boxes but {len(values)} scores")
+        raise ValueError(f"{name}: {len(boxes)} predicted boxes but {len(values)} scores")
     return boxes, labels, values
 
 
-def indoor_ap(ground_truth: list[dict], predictions: list[dict], iou_thresholds: tuple[float, ...] = THRESHOLDS) -> dict:
+def indoor_ap(ground_truth: list[dict], predictions: list[dict], iou_thresholds: tuple[float, ...] = THRESHOLDS, scene_names: list[str] | None = None) -> dict:
     """AP per class and threshold over scenes (one dict per scene, in the same order):
     ground truth {"boxes": [K, 6], "labels": [K] class names}, predictions the same with "scores": [K].
 
     Returns {"mAP@τ", "mAR@τ", "AP@τ": {class: AP}, "recall@τ": {class: recall}} for every τ,
     "classes" (those in the ground truth, sorted) and "unmatched_classes" (predicted, never in it).
+    Errors name the scene by `scene_names` (default "scene <index>").
     """
     if len(ground_truth) != len(predictions):
         raise ValueError(f"{len(ground_truth)} ground-truth scenes but {len(predictions)} prediction scenes")
-    gt = [_as_scene(entry, False, i) for i, entry in enumerate(ground_truth)]
-    pred = [_as_scene(entry, True, i) for i, entry in enumerate(predictions)]
+    names = scene_names or [f"scene {i}" for i in range(len(ground_truth))]
+    gt = [_as_scene(entry, False, name) for entry, name in zip(ground_truth, names)]
+    pred = [_as_scene(entry, True, name) for entry, name in zip(predictions, names)]
     classes = sorted({label for _, labels, _ in gt for label in labels})
     result: dict = {"classes": classes, "unmatched_classes": sorted({label for _, labels, _ in pred for label in labels} - set(classes))}
     for threshold in iou_thresholds:
@@ -109,3 +114,35 @@ def markdown_table(result: dict) -> str:
         values = [f"{100 * result[f'AP@{t}'][c]:.1f}" for c in classes]
         lines.append(f"| AP@{t} | " + " | ".join(values) + f" | {100 * result[f'mAP@{t}']:.1f} | {100 * result[f'mAR@{t}']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def read_predictions(path: Path) -> dict[str, dict]:
+    """PRED.json: {scene_id: {"boxes": [[x_min, y_min, z_min, x_max, y_max, z_max], ...], "labels": [...],
+    "scores": [...]}} in the aligned frame; ValueError naming the file and the scene when malformed."""
+    try:
+        predictions = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a predictions file ({type(error).__name__}: {error})".splitlines()[0]) from None
+    if not isinstance(predictions, dict):
+        raise ValueError(f"{path}: expected {{scene_id: {{boxes, labels, scores}}}} at the top level")
+    for scene, entry in predictions.items():
+        if not isinstance(entry, dict) or not {"boxes", "labels", "scores"} <= set(entry):
+            raise ValueError(f"{path}: scene {scene!r} needs boxes, labels and scores")
+    return predictions
+
+
+def evaluate_scannet(predictions: dict[str, dict], root: Path, split: str = "val", thresholds: tuple[float, ...] = THRESHOLDS) -> dict:
+    """Indoor AP of predictions against the boxes of every scene of a ScanNet root's split (recomputed
+    from each scan's mesh, segments and aggregation); scenes without predictions count as empty."""
+    from data.formats.scannet import read_annotation, scannet_scenes
+
+    scenes = scannet_scenes(root, split)
+    unknown = sorted(set(predictions) - {s.name for s in scenes})
+    if unknown:
+        raise ValueError(f"predictions for {len(unknown)} scenes not in the {split} split of {root} (first: {unknown[0]})")
+    ground_truth, ordered = [], []
+    for scene in scenes:
+        objects = read_annotation(scene, scene.name).objects
+        ground_truth.append({"boxes": np.array([[*o.box_min, *o.box_max] for o in objects]).reshape(-1, 6), "labels": [o.class_name for o in objects]})
+        ordered.append(predictions.get(scene.name, {"boxes": [], "labels": [], "scores": []}))
+    return {"split": split, "scenes": len(scenes), **indoor_ap(ground_truth, ordered, thresholds, [s.name for s in scenes])}

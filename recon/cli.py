@@ -1,4 +1,4 @@
-"""`recon` command line: data synth | train | dream | eval | render | view | export.
+"""`recon` command line: data synth | train | dream | detect eval | eval | render | view | export.
 
 Errors a user can fix (bad paths, malformed data, wrong checkpoints, unknown settings) end in one
 line naming the file or argument, and exit status 2.
@@ -20,12 +20,16 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     data_cmd = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    synth = data_cmd.add_parser("synth", help="generate a synthetic scene in a real dataset format")
-    synth.add_argument("--format", choices=["blender", "llff"], default="blender")
+    synth = data_cmd.add_parser("synth", help="generate a synthetic scene (or ScanNet-layout rooms) in a real dataset format")
+    synth.add_argument("--format", choices=["blender", "llff", "scannet"], default="blender")
     synth.add_argument("--out", type=Path, required=True, help="output directory")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--views", type=int, default=100, help="training views (blender) or all views (llff)")
-    synth.add_argument("--res", type=int, default=128, help="image width and height in pixels")
+    synth.add_argument("--res", type=int, default=None, help="image width in pixels (default 128; scannet 320)")
+    synth.add_argument("--rooms", type=int, default=10, help="scannet: training rooms")
+    synth.add_argument("--val", type=int, default=0, help="scannet: validation rooms (after the training ones)")
+    synth.add_argument("--frames", type=int, default=100, help="scannet: frames per room")
+    synth.add_argument("--workers", type=int, default=1, help="scannet: rooms built in parallel processes")
 
     train = commands.add_parser("train", help="train a method on one scene")
     train.add_argument("method", help="method name, e.g. nerf")
@@ -45,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="open_clip architecture and local weights for the CLIP score, e.g. ViT-B-32:open_clip_model.bin (default $RECON_CLIP; else n/a)")
     dream.add_argument("--frames", type=int, default=120, help="turntable frames")
     _add_run_options(dream)
+
+    detect_cmd = commands.add_parser("detect", help="3D object detection").add_subparsers(dest="detect_command", required=True)
+    detect_eval = detect_cmd.add_parser("eval", help="indoor AP (mmdet3d's indoor_eval) of predicted boxes on a ScanNet split")
+    detect_eval.add_argument("--pred", type=Path, required=True, help="PRED.json: {scene_id: {boxes, labels, scores}}, boxes as (x_min, y_min, z_min, x_max, y_max, z_max) in the aligned frame")
+    detect_eval.add_argument("--data", type=Path, required=True, help="ScanNet root (scans/, split lists, label table)")
+    detect_eval.add_argument("--split", default="val", choices=["train", "val", "test"])
+    detect_eval.add_argument("--out", type=Path, default=None, help="results JSON (default PRED.ap.json beside PRED.json)")
 
     evaluate = commands.add_parser("eval", help="render the test split of a run (or a 3DGS .ply) and write PSNR/SSIM/LPIPS")
     evaluate.add_argument("run_dir", type=Path, help="run directory, or a 3DGS .ply file (then --data is needed)")
@@ -103,9 +114,15 @@ def _check_device(device: str) -> None:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
-    from data.synth import generate
+    if args.format == "scannet":
+        from data.rooms import DEFAULT_RES, generate_rooms
 
-    path = generate(args.out, format=args.format, seed=args.seed, views=args.views, res=args.res)
+        path = generate_rooms(args.out, rooms=args.rooms, val=args.val, seed=args.seed, frames=args.frames, res=args.res or DEFAULT_RES, workers=args.workers)
+        print(f"wrote {args.rooms} training and {args.val} validation rooms in ScanNet's layout to {path}")
+        return
+    from data.synth import DEFAULT_RES, generate
+
+    path = generate(args.out, format=args.format, seed=args.seed, views=args.views, res=args.res or DEFAULT_RES)
     print(f"wrote {args.format} scene to {path}")
 
 
@@ -212,6 +229,20 @@ def cmd_dream(args: argparse.Namespace) -> None:
     print(f"wrote {method.num_gaussians} Gaussians to {run_dir / 'export' / 'point_cloud.ply'}, the turntable {video}; CLIP score {shown}")
 
 
+def cmd_detect(args: argparse.Namespace) -> None:
+    from detect.metrics import evaluate_scannet, markdown_table, read_predictions
+    from recon.io import write_json
+
+    result = evaluate_scannet(read_predictions(args.pred), args.data, args.split)
+    out = args.out or args.pred.with_suffix(".ap.json")
+    write_json(out, result)
+    print(f"{result['scenes']} {args.split} scenes, {len(result['classes'])} classes (AP in %)\n")
+    print(markdown_table(result))
+    if result["unmatched_classes"]:
+        print(f"predicted classes absent from the ground truth (not averaged): {', '.join(result['unmatched_classes'])}")
+    print(f"-> {out}")
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from recon.evaluate import evaluate
     from recon.runs import open_run
@@ -285,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    handlers = {"data": cmd_data_synth, "train": cmd_train, "dream": cmd_dream, "eval": cmd_eval, "render": cmd_render, "view": cmd_view, "export": cmd_export}
+    handlers = {"data": cmd_data_synth, "train": cmd_train, "dream": cmd_dream, "detect": cmd_detect, "eval": cmd_eval, "render": cmd_render, "view": cmd_view, "export": cmd_export}
     shown = warnings.showwarning
     warnings.showwarning = _show_warning
     try:

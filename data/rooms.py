@@ -356,9 +356,10 @@ def _render(raycaster, parts: list[Part], light: np.ndarray, K: np.ndarray, c2w:
     diffuse = np.clip((n * normalize(to_light)).sum(1), 0, None) * lit / (1.0 + 0.04 * (to_light**2).sum(1))
     ids = hits["geometry_ids"][hit]
     albedo = np.zeros_like(x)
-    for gid in np.unique(ids):
-        sel = ids == gid
-        albedo[sel] = parts[gid].albedo(x[sel])
+    order = np.argsort(ids, kind="stable")
+    for rays_of_part in np.split(order, np.flatnonzero(np.diff(ids[order])) + 1):  # one part per run of equal ids
+        if len(rays_of_part):
+            albedo[rays_of_part] = parts[ids[rays_of_part[0]]].albedo(x[rays_of_part])
     colour = np.zeros((H * W, 3))
     colour[hit] = np.clip(albedo * (LIGHT_AMBIENT + (1 - LIGHT_AMBIENT) * 1.6 * diffuse[:, None]), 0, 1)
     return (colour.reshape(H, W, 3) * 255 + 0.5).astype(np.uint8), np.where(hit, t, 0.0).reshape(H, W).astype(np.float32)

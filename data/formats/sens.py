@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,9 +138,10 @@ class SensFile:
         return np.ascontiguousarray(color[..., :3]), depth.astype(np.float32) / h.depth_shift
 
 
-def write_sens(path: str | Path, header: SensHeader, poses: np.ndarray, colors: list[np.ndarray], depths: list[np.ndarray]) -> None:
+def write_sens(path: str | Path, header: SensHeader, poses: np.ndarray, colors: Iterable[np.ndarray], depths: Iterable[np.ndarray]) -> None:
     """Write a `.sens` file: poses [F, 4, 4] camera-to-world, colours [H, W, 3] uint8 (JPEG or PNG
-    as the header says), depths [h, w] metres (stored × depth_shift as zlib-compressed uint16)."""
+    as the header says), depths [h, w] metres (stored × depth_shift as zlib-compressed uint16);
+    colours and depths may be generators, consumed one frame at a time."""
     assert header.color_compression in (1, 2) and header.depth_compression == 1, "write_sens writes png/jpeg colour and zlib depth"
     with open(path, "wb") as f:
         name = header.sensor_name.encode()

@@ -99,3 +99,58 @@ LLFF_BREAKS = {
     "bad objects": (_write("recon_gt/objects.json", "[{}]"), "objects.json: object 0: missing key"),
     "bad points": (_write("recon_gt/points.ply", "ply"), "points.ply: not a PLY file"),
 }
+
+# ScanNet: breakers of a copy of a generated ScanNet root (ROOM_SCENE is the scene they damage)
+ROOM_FRAMES, ROOM_RES = 8, 32  # fewer than 10 frames: no lost (−inf) frames, so no warning precedes the error
+ROOM_SCENE = "scans/scene0000_00"
+_SENS = f"{ROOM_SCENE}/scene0000_00.sens"
+
+
+def _patch_sens(edit):
+    """Breaker: edit(raw bytes, frame table [F, 3] of (data offset, colour bytes, depth bytes), header
+    end offset) → new bytes of the scene's .sens."""
+
+    def apply(root: Path) -> None:
+        from data.formats.sens import FRAME_HEADER, SensFile
+
+        table = SensFile(root / _SENS)._offsets
+        raw = (root / _SENS).read_bytes()
+        (root / _SENS).write_bytes(edit(bytearray(raw), table, int(table[0, 0]) - FRAME_HEADER.size))
+
+    return apply
+
+
+def _set_i32(raw: bytearray, offset: int, value: int) -> bytearray:
+    raw[offset : offset + 4] = np.int32(value).tobytes()
+    return raw
+
+
+def _compression_offset(raw: bytearray) -> int:
+    """Offset of the colour compression field: version, name length, name, four 4×4 matrices."""
+    return 4 + 8 + int(np.frombuffer(bytes(raw[4:12]), "<u8")[0]) + 4 * 64
+
+
+def _all_poses(value: float):
+    def edit(raw: bytearray, table: np.ndarray, _) -> bytearray:
+        from data.formats.sens import FRAME_HEADER
+
+        for start in table[:, 0]:
+            raw[start - FRAME_HEADER.size : start - FRAME_HEADER.size + 64] = np.full(16, value, "<f4").tobytes()
+        return raw
+
+    return edit
+
+
+SCANNET_BREAKS = {
+    "sens truncated": (_patch_sens(lambda raw, table, _: raw[: table[5, 0] + 10]), "scene0000_00.sens: truncated at frame 5 of 8"),
+    "sens version": (_patch_sens(lambda raw, table, _: _set_i32(raw, 0, 3)), "scene0000_00.sens: .sens version 3, expected 4"),
+    "sens colour compression": (_patch_sens(lambda raw, table, _: _set_i32(raw, _compression_offset(raw), 7)), "unknown colour compression type 7"),
+    "sens depth compression": (_patch_sens(lambda raw, table, _: _set_i32(raw, _compression_offset(raw) + 4, 2)), "unknown depth compression type 2"),
+    "sens corrupt frame": (_patch_sens(lambda raw, table, _: raw[: table[3, 0]] + b"\0" * int(table[3, 1]) + raw[table[3, 0] + table[3, 1]:]), "scene0000_00.sens: frame 3 is corrupt"),
+    "sens no finite pose": (_patch_sens(_all_poses(-np.inf)), "scene0000_00.sens: no frame has a finite pose"),
+    "no label table": (_remove("scannetv2-labels.combined.tsv"), "scene0000_00: no scannetv2-labels.combined.tsv in the scene folder or the two above it"),
+    "aggregation segment": (_set_json(f"{ROOM_SCENE}/scene0000_00.aggregation.json", ["segGroups", 6, "segments"], [999999]),
+                            "aggregation.json: object 6 .* lists segment 999999 absent from scene0000_00_vh_clean_2.0.010000.segs.json"),
+    "segments count": (_set_json(f"{ROOM_SCENE}/scene0000_00_vh_clean_2.0.010000.segs.json", ["segIndices"], [0, 1]), "segs.json: segIndices has 2 entries for the \\d+ vertices"),
+    "axis alignment": (_write(f"{ROOM_SCENE}/scene0000_00.txt", "axisAlignment = 1 2 3\n"), "scene0000_00.txt: axisAlignment must be 16 numbers"),
+}

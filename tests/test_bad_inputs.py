@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from corrupt import BLENDER_BREAKS, BLENDER_RES, BLENDER_VIEWS, LLFF_BREAKS, LLFF_RES, LLFF_VIEWS
+from corrupt import BLENDER_BREAKS, BLENDER_RES, BLENDER_VIEWS, LLFF_BREAKS, LLFF_RES, LLFF_VIEWS, ROOM_FRAMES, ROOM_RES, ROOM_SCENE, SCANNET_BREAKS
 from recon.cli import main
 from recon.export import read_ply, write_ply
 from recon.io import atomic_write
@@ -36,6 +36,7 @@ def world(tmp_path_factory):
     assert run_cli("data", "synth", "--format", "blender", "--out", root / "scene", "--views", BLENDER_VIEWS, "--res", BLENDER_RES) == 0
     assert run_cli("data", "synth", "--format", "llff", "--out", root / "llff", "--views", LLFF_VIEWS, "--res", LLFF_RES) == 0
     assert run_cli("train", "splat", "--data", root / "scene", *TRAIN_FAST, "--max-steps", 20, "--out", root / "run") == 0
+    assert run_cli("data", "synth", "--format", "scannet", "--out", root / "rooms", "--rooms", 1, "--val", 1, "--frames", ROOM_FRAMES, "--res", ROOM_RES) == 0
     return root
 
 
@@ -89,11 +90,11 @@ def _eval_ply(world: Path, tmp: Path, gaussians: dict[str, torch.Tensor], cut: i
     return ["eval", path, "--data", world / "scene"]
 
 
-def _train_on_broken(fmt: str, breaker):
+def _train_on_broken(fmt: str, breaker, scene: str = ""):
     def setup(world: Path, tmp: Path) -> list:
         root = shutil.copytree(world / fmt, tmp / "data")
         breaker(root)
-        return ["train", "splat", "--data", root, *TRAIN_FAST, "--max-steps", 1, "--out", tmp / "out"]
+        return ["train", "splat", "--data", root / scene, *TRAIN_FAST, "--max-steps", 1, "--out", tmp / "out"]
     return setup
 
 
@@ -198,6 +199,13 @@ CASES = {
     # without its train file a Blender scene is no longer detected: "unknown format" above)
     **{f"blender: {name}": lambda w, t, b=breaker, m=message: (_train_on_broken("scene", b)(w, t), re.compile(m)) for name, (breaker, message) in BLENDER_BREAKS.items() if name != "no train file"},
     **{f"llff: {name}": lambda w, t, b=breaker, m=message: (_train_on_broken("llff", b)(w, t), re.compile(m)) for name, (breaker, message) in LLFF_BREAKS.items()},
+    **{f"scannet: {name}": lambda w, t, b=breaker, m=message: (_train_on_broken("rooms", b, ROOM_SCENE)(w, t), re.compile(m)) for name, (breaker, message) in SCANNET_BREAKS.items()},
+    "synth no rooms": lambda w, t: (["data", "synth", "--format", "scannet", "--rooms", 0, "--out", t / "r"], "rooms: expected an integer in [1, 10000], got 0"),
+    "detect eval malformed": lambda w, t: (["detect", "eval", "--pred", _break_file(t / "p.json", b"{ no"), "--data", w / "rooms"], "p.json: not a predictions file"),
+    "detect eval unknown scene": lambda w, t: (["detect", "eval", "--pred", _break_file(t / "p.json", b'{"scene0000_00": {"boxes": [], "labels": [], "scores": []}}'), "--data", w / "rooms"],
+                                               "predictions for 1 scenes not in the val split"),
+    "detect eval scores": lambda w, t: (["detect", "eval", "--pred", _break_file(t / "p.json", b'{"scene0001_00": {"boxes": [[0,0,0,1,1,1]], "labels": ["bed"], "scores": []}}'), "--data", w / "rooms"],
+                                        "scene0001_00: 1 predicted boxes but 0 scores"),
 }
 
 

@@ -216,9 +216,9 @@ def load_scannet(
     A = annotation.axis_alignment if annotation is not None else np.eye(4)
 
     label = sens_path if sens_path.is_file() else root
-    keep = np.flatnonzero(drop_nonfinite_poses(source.poses, str(label)))
-    if not len(keep):
+    if not np.isfinite(source.poses.reshape(len(source), -1)).all(1).any():
         raise DataError(f"{label}: no frame has a finite pose")
+    keep = np.flatnonzero(drop_nonfinite_poses(source.poses, str(label)))
     chosen = _select_frames(keep, max_frames, frame_step, frame_seed)
     intrinsic_color, intrinsic_depth = source.intrinsic_color, source.intrinsic_depth
 

@@ -128,7 +128,7 @@ class SensFile:
             if h.color_compression == 0:
                 color = np.frombuffer(color_data, np.uint8).reshape(h.color_size[1], h.color_size[0], 3)
             else:
-                color = iio.imread(color_data, extension=".jpg" if h.color_compression == 2 else ".png")
+                color = iio.imread(color_data, plugin="pillow")
             depth_raw = zlib.decompress(depth_data) if h.depth_compression == 1 else depth_data
             depth = np.frombuffer(depth_raw, np.uint16).reshape(h.depth_size[1], h.depth_size[0])
         except (ValueError, OSError, zlib.error) as error:

@@ -24,7 +24,7 @@ def load(path: str | Path, **kwargs: Any) -> Scene:
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: dataset directory not found")
-    known = {name for _, loader in FORMATS.values() for name in _options(loader)}
+    known = loader_options()
     if unknown := sorted(set(kwargs) - known):
         raise TypeError(f"load: unknown option(s) {unknown}; known: {sorted(known)}")
     for detect, loader in FORMATS.values():
@@ -32,6 +32,11 @@ def load(path: str | Path, **kwargs: Any) -> Scene:
             options = _options(loader)
             return loader(root, **{k: v for k, v in kwargs.items() if k in options})
     raise DataError(f"{root}: unknown dataset format (expected {' or '.join(FORMATS)})")
+
+
+def loader_options() -> set[str]:
+    """Every keyword option some format's loader takes."""
+    return {name for _, loader in FORMATS.values() for name in _options(loader)}
 
 
 def _options(loader: Callable[..., Scene]) -> set[str]:

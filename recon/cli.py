@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data", type=Path, help="dataset directory (Blender or LLFF format); not needed with --resume")
     train.add_argument("--samples", type=int, default=None, help="shaded samples per ray, e.g. 8 or 12 (pronerf)")
     train.add_argument("--downscale", type=int, default=1, help="image downscale factor")
+    train.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="a loader option, e.g. max_frames=100, frame_step=10, width=320, holdout=0 (ScanNet)")
     _add_run_options(train)
 
     dream = commands.add_parser("dream", help="text-to-3D: Gaussians from a prompt by score distillation (StableDreamer)")
@@ -104,6 +106,23 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
             raise ValueError(f"--set {pair}: expected KEY=VALUE")
         result[key.strip()] = value.strip()
     return result
+
+
+def _data_options(pairs: list[str]) -> dict[str, int | float | str]:
+    """--data-option KEY=VALUE pairs, values read as int, else float, else text."""
+    from data.load import loader_options
+
+    options = {}
+    for key, text in _overrides(pairs).items():
+        if key not in loader_options():
+            raise ValueError(f"--data-option {key}: no loader takes it (options: {', '.join(sorted(loader_options()))})")
+        for kind in (int, float, str):
+            try:
+                options[key] = kind(text)
+                break
+            except ValueError:
+                continue
+    return options
 
 
 def _check_device(device: str) -> None:
@@ -188,7 +207,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not args.resume:
         if args.data is None:
             raise ValueError("--data DIR is required (the dataset to train on)")
-        info |= {"data": str(args.data.resolve()), "data_options": {"downscale": args.downscale}}
+        info |= {"data": str(args.data.resolve()), "data_options": {"downscale": args.downscale, **_data_options(args.data_option)}}
     scene = data.load(info["data"], **info["data_options"])
     run_dir = args.out or default_run_dir(method_cls.name, scene.name)
     torch.manual_seed(config.seed)

@@ -200,6 +200,7 @@ CASES = {
     **{f"blender: {name}": lambda w, t, b=breaker, m=message: (_train_on_broken("scene", b)(w, t), re.compile(m)) for name, (breaker, message) in BLENDER_BREAKS.items() if name != "no train file"},
     **{f"llff: {name}": lambda w, t, b=breaker, m=message: (_train_on_broken("llff", b)(w, t), re.compile(m)) for name, (breaker, message) in LLFF_BREAKS.items()},
     **{f"scannet: {name}": lambda w, t, b=breaker, m=message: (_train_on_broken("rooms", b, ROOM_SCENE)(w, t), re.compile(m)) for name, (breaker, message) in SCANNET_BREAKS.items()},
+    "unknown data option": lambda w, t: (_train(w, "--data-option", "frames=3"), "--data-option frames: no loader takes it"),
     "synth no rooms": lambda w, t: (["data", "synth", "--format", "scannet", "--rooms", 0, "--out", t / "r"], "rooms: expected an integer in [1, 10000], got 0"),
     "detect eval malformed": lambda w, t: (["detect", "eval", "--pred", _break_file(t / "p.json", b"{ no"), "--data", w / "rooms"], "p.json: not a predictions file"),
     "detect eval unknown scene": lambda w, t: (["detect", "eval", "--pred", _break_file(t / "p.json", b'{"scene0000_00": {"boxes": [], "labels": [], "scores": []}}'), "--data", w / "rooms"],

@@ -71,7 +71,7 @@ def main() -> None:
         print(json.dumps(load_part(Path(args.part), args.keep)))
         return
 
-    with tempfile.TemporaryDirectory(dir=Path.cwd()) as folder:
+    with tempfile.TemporaryDirectory() as folder:
         rows = []
         for frames in (args.keep, args.frames):
             scene = Path(folder) / f"scene{frames:04d}_00"
@@ -89,7 +89,7 @@ def main() -> None:
         print(f"\nload time ratio long/short stream: {rows[1]['load_s'] / rows[0]['load_s']:.2f} (header scan: {rows[1]['header_scan_s'] - rows[0]['header_scan_s']:.3f} s more)")
 
     if args.benchmark_rooms:
-        with tempfile.TemporaryDirectory(dir=Path.cwd()) as folder:
+        with tempfile.TemporaryDirectory() as folder:
             tic = time.perf_counter()
             subprocess.run([sys.executable, "-m", "recon.cli", "data", "synth", "--format", "scannet", "--out", str(Path(folder) / "rooms"), "--rooms", str(args.benchmark_rooms),
                             "--val", str(args.benchmark_val), "--workers", str(args.workers)], check=True, cwd=Path(__file__).resolve().parents[1])

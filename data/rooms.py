@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +29,7 @@ import open3d as o3d
 from data.formats.common import intrinsics, look_at, normalize
 from data.formats.sens import SensHeader, write_sens
 from data.scene import DataError
-from data.synth import Part, cast_rays, pixel_rays
+from data.synth import Part, cast_rays, check_counts, pixel_rays, write_dataset
 
 # raw category → nyu40 id (our label table, a subset of ScanNet's with its ids)
 RAW_LABELS = {
@@ -470,19 +468,12 @@ def generate_rooms(out_dir: str | Path, *, rooms: int = DEFAULT_ROOMS, val: int 
     """Write `rooms` training and `val` validation rooms in ScanNet's raw layout to `out_dir` (new
     or empty; written beside it and renamed when complete); room k is drawn from (seed, k), so a
     room does not depend on how many others are made. `workers` processes build rooms in parallel."""
-    for name, value, low, high in (("rooms", rooms, 1, 10_000), ("val", val, 0, 10_000), ("frames", frames, 2, 10_000), ("res", res, 16, 2048)):
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise DataError(f"{name}: expected an integer in [{low}, {high}], got {value!r}")
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out}: expected a new or empty directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.{os.getpid()}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
+    check_counts({"rooms": (rooms, 1, 10_000), "val": (val, 0, 10_000), "frames": (frames, 2, 10_000), "res": (res, 16, 2048)})
     names = [f"scene{k:04d}_00" for k in range(rooms + val)]
-    try:
-        (partial / "recon_gt").mkdir(parents=True)
-        jobs = [(partial, name, seed, k, frames, res) for k, name in enumerate(names)]
+
+    def write(root: Path) -> None:
+        (root / "recon_gt").mkdir()
+        jobs = [(root, name, seed, k, frames, res) for k, name in enumerate(names)]
         if workers > 1:
             from concurrent.futures import ProcessPoolExecutor
 
@@ -491,14 +482,11 @@ def generate_rooms(out_dir: str | Path, *, rooms: int = DEFAULT_ROOMS, val: int 
         else:
             for job in jobs:
                 _room_job(job)
-        _write_label_table(partial / "scannetv2-labels.combined.tsv")
-        (partial / "scannetv2_train.txt").write_text("".join(f"{n}\n" for n in names[:rooms]))
-        (partial / "scannetv2_val.txt").write_text("".join(f"{n}\n" for n in names[rooms:]))
-        partial.replace(out)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial)
-    return out
+        _write_label_table(root / "scannetv2-labels.combined.tsv")
+        (root / "scannetv2_train.txt").write_text("".join(f"{n}\n" for n in names[:rooms]))
+        (root / "scannetv2_val.txt").write_text("".join(f"{n}\n" for n in names[rooms:]))
+
+    return write_dataset(out_dir, write)
 
 
 def _room_job(job: tuple) -> None:

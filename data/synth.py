@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,9 +95,20 @@ def generate(
     """
     if format not in FORMATS:
         raise DataError(f"format: expected one of {FORMATS}, got {format!r}")
-    for name, value, (low, high) in (("views", views, VIEWS_RANGE), ("res", res, RES_RANGE)):
+    check_counts({"views": (views, *VIEWS_RANGE), "res": (res, *RES_RANGE)})
+    return write_dataset(out_dir, lambda partial: _write_scene(partial, format, seed, views, res))
+
+
+def check_counts(counts: dict[str, tuple[int, int, int]]) -> None:
+    """DataError naming the first of {name: (value, low, high)} that is not an integer in [low, high]."""
+    for name, (value, low, high) in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise DataError(f"{name}: expected an integer in [{low}, {high}], got {value!r}")
+
+
+def write_dataset(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call write(folder) on a folder beside `out_dir` (which must be new or empty), then rename it
+    to `out_dir`: a failed or interrupted run leaves no half-written dataset behind."""
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out}: expected a new or empty directory")
@@ -104,8 +116,9 @@ def generate(
     partial = out.parent / f".{out.name}.{os.getpid()}.partial"
     shutil.rmtree(partial, ignore_errors=True)  # left by an earlier process of the same id
     try:
-        _write_scene(partial, format, seed, views, res)
-        partial.replace(out)  # a failed or interrupted run leaves no half-written scene at `out`
+        partial.mkdir()
+        write(partial)
+        partial.replace(out)
     finally:
         if partial.exists():
             shutil.rmtree(partial)

@@ -32,8 +32,8 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
-from data.formats.common import check_downscale, drop_nonfinite_poses, read_json, require_file, resize_area, resize_nearest
-from data.formats.sens import SensFile
+from data.formats.common import check_downscale, drop_nonfinite_poses, read_json, require_file, resize_nearest
+from data.formats.sens import SensFile, decode_image
 from data.ply import read_vertices
 from data.scene import BoxAnnotation, DataError, Scene
 
@@ -168,9 +168,9 @@ class ExportedFrames:
     def __len__(self) -> int:
         return len(self.colors)
 
-    def frame(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def frame(self, index: int, draft: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         try:
-            color = iio.imread(self.colors[index])[..., :3]
+            color = decode_image(self.colors[index], draft)
             depth = None if self.depths[index] is None else iio.imread(self.depths[index]).astype(np.float32) / 1000.0
         except (OSError, ValueError) as error:
             raise DataError(f"{self.colors[index]}: unreadable frame ({error})") from None
@@ -222,39 +222,41 @@ def load_scannet(
     chosen = _select_frames(keep, max_frames, frame_step, frame_seed)
     intrinsic_color, intrinsic_depth = source.intrinsic_color, source.intrinsic_depth
 
-    images, depths, masks_found = [], [], []
-    size = K = None
-    for index in chosen:
-        color, depth = source.frame(int(index))
+    n = len(chosen)
+    size = K = images = depths = None
+    has_depth = True
+    for k, index in enumerate(chosen):
+        color, depth = source.frame(int(index), draft=size)  # the first frame at full size: it sets the scale
         if size is None:
             size = _image_size(color.shape[:2], downscale, width, label)
-            scale = np.array([size[1] / color.shape[1], size[0] / color.shape[0], 1.0])
-            K = np.diag(scale) @ intrinsic_color[:3, :3]
-        images.append(resize_area(color.astype(np.float32) / 255.0, size))
-        depths.append(None if depth is None else depth_in_color_camera(depth, intrinsic_depth[:3, :3], K, size))
+            K = np.diag([size[1] / color.shape[1], size[0] / color.shape[0], 1.0]) @ intrinsic_color[:3, :3]
+            images, depths = np.empty((n, *size, 3), np.float32), np.zeros((n, *size), np.float32)  # [N, H, W, 3], [N, H, W]
+        images[k] = shrink_colour(color, size)
+        if depth is None:
+            has_depth = False
+        else:
+            depths[k] = depth_in_color_camera(depth, intrinsic_depth[:3, :3], K, size)
     c2w = A @ source.poses[chosen].astype(np.float64)  # [N, 4, 4] aligned, OpenCV
     names = [int(source.frame_ids[i]) for i in chosen]
 
     instance_ids = None
     if annotation is not None:
         instance_ids = _instance_masks(annotation, annotation_dir, names, np.repeat(K[None], len(c2w), 0), c2w, size)
-    valid_depths = [d[d > 0] for d in depths if d is not None]
-    all_depths = np.concatenate(valid_depths) if valid_depths else np.zeros(0)
-    near, far = (max(0.05, 0.9 * float(np.percentile(all_depths, 0.5))), 1.1 * float(np.percentile(all_depths, 99.5))) if all_depths.size else (0.1, 10.0)
+    measured = depths[:, ::4, ::4][depths[:, ::4, ::4] > 0] if has_depth else np.zeros(0)  # every 16th pixel
+    near, far = (max(0.05, 0.9 * float(np.percentile(measured, 0.5))), 1.1 * float(np.percentile(measured, 99.5))) if measured.size else (0.1, 10.0)
     if annotation is not None:
         bounds = np.stack([annotation.vertices.min(0), annotation.vertices.max(0)])
     else:
         centres = c2w[:, :3, 3]
         bounds = np.stack([centres.min(0) - far, centres.max(0) + far])
-    n = len(chosen)
     test = np.arange(0, n, holdout) if holdout else np.zeros(0, dtype=np.int64)
     train = np.setdiff1d(np.arange(n), test)
     return Scene(
-        name=scene_id, root=root, images=torch.from_numpy(np.stack(images)), K=torch.from_numpy(np.repeat(K[None], n, 0)).float(),
+        name=scene_id, root=root, images=torch.from_numpy(images), K=torch.from_numpy(np.repeat(K[None], n, 0)).float(),
         c2w=torch.from_numpy(c2w).float(), splits={"train": torch.from_numpy(train), "test": torch.from_numpy(test)},
         near=near, far=far, bounds=torch.from_numpy(bounds).float(), background=(1.0, 1.0, 1.0),
         image_paths=[Path(f"frame-{i:06d}") for i in names],
-        depths=None if len(valid_depths) < n else torch.from_numpy(np.stack(depths)),
+        depths=torch.from_numpy(depths) if has_depth else None,
         instance_ids=None if instance_ids is None else torch.from_numpy(instance_ids),
         points=None if annotation is None else torch.from_numpy(annotation.vertices).float(),
         point_colors=None if annotation is None else torch.from_numpy(annotation.colors),
@@ -291,6 +293,16 @@ def _image_size(shape: tuple[int, int], downscale: int, width: int, label: Path)
     if h // downscale < 1 or w // downscale < 1:
         raise DataError(f"{label}: downscale {downscale} is larger than the {w}x{h} images")
     return h // downscale, w // downscale
+
+
+def shrink_colour(color: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W, 3] → float32 [h, w, 3] in [0, 1] by area averaging (PIL's box filter on the 8-bit
+    image: no full-size float copy per frame, which fragments the heap of a 300-frame load)."""
+    from PIL import Image
+
+    if color.shape[:2] != size:
+        color = np.asarray(Image.fromarray(color).resize((size[1], size[0]), Image.Resampling.BOX))
+    return color.astype(np.float32) / 255.0
 
 
 def depth_in_color_camera(depth: np.ndarray, K_depth: np.ndarray, K_color: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -117,8 +117,10 @@ class SensFile:
         )
         return header, count
 
-    def frame(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Colour [H, W, 3] uint8 and depth [h, w] float32 metres (0 = no measurement) of a frame."""
+    def frame(self, index: int, draft: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Colour [H, W, 3] uint8 and depth [h, w] float32 metres (0 = no measurement) of a frame.
+        With `draft` (height, width), JPEG colour is decoded at the smallest of 1/1, 1/2, 1/4, 1/8 of
+        its size that is still at least that large (libjpeg's DCT scaling: faster, less memory)."""
         start, color_bytes, depth_bytes = (int(v) for v in self._offsets[index])
         with open(self.path, "rb") as f:
             f.seek(start)
@@ -128,14 +130,24 @@ class SensFile:
             if h.color_compression == 0:
                 color = np.frombuffer(color_data, np.uint8).reshape(h.color_size[1], h.color_size[0], 3)
             else:
-                color = iio.imread(color_data, plugin="pillow")
+                color = decode_image(color_data, draft)
             depth_raw = zlib.decompress(depth_data) if h.depth_compression == 1 else depth_data
             depth = np.frombuffer(depth_raw, np.uint16).reshape(h.depth_size[1], h.depth_size[0])
         except (ValueError, OSError, zlib.error) as error:
             raise DataError(f"{self.path}: frame {index} is corrupt ({type(error).__name__}: {str(error).splitlines()[0]})") from None
-        if color.shape[:2] != (h.color_size[1], h.color_size[0]):
+        if draft is None and color.shape[:2] != (h.color_size[1], h.color_size[0]):
             raise DataError(f"{self.path}: frame {index}: colour image of {color.shape[1]}×{color.shape[0]}, the header says {h.color_size[0]}×{h.color_size[1]}")
         return np.ascontiguousarray(color[..., :3]), depth.astype(np.float32) / h.depth_shift
+
+
+def decode_image(data: bytes | Path, draft: tuple[int, int] | None = None) -> np.ndarray:
+    """A JPEG or PNG (bytes or file) as uint8 [H, W, 3]; JPEGs drafted towards `draft` (height, width)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
+        if draft is not None and image.format == "JPEG":
+            image.draft("RGB", (draft[1], draft[0]))
+        return np.asarray(image.convert("RGB"))
 
 
 def write_sens(path: str | Path, header: SensHeader, poses: np.ndarray, colors: Iterable[np.ndarray], depths: Iterable[np.ndarray]) -> None:

@@ -191,7 +191,6 @@ def _train(args: argparse.Namespace, method, run_dir: Path, info: dict) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from dataclasses import fields
 
-    import data
     from recon.methods import find_method
     from recon.runs import default_run_dir
 
@@ -208,7 +207,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         if args.data is None:
             raise ValueError("--data DIR is required (the dataset to train on)")
         info |= {"data": str(args.data.resolve()), "data_options": {"downscale": args.downscale, **_data_options(args.data_option)}}
-    scene = data.load(info["data"], **info["data_options"])
+    scene = method_cls.load_scene(config, info)
     run_dir = args.out or default_run_dir(method_cls.name, scene.name)
     torch.manual_seed(config.seed)
     _train(args, method_cls(config, scene, device=args.device), run_dir, info)

@@ -19,7 +19,7 @@ made here, from the open neighbours (threestudio, DreamGaussian, LucidDreamer, g
   image-space target that InstructNeRF2NeRF-style pipelines use.
 - The learned background is a small MLP of the view direction (threestudio's neural environment
   map); evaluation, turntables and the viewer render on the scene's white background.
-- The splat settings `ssim_lambda`, `random_background` and `sh_degree_interval` do not apply here.
+- The splat settings `ssim_lambda`, `random_background`, `sh_degree_interval` and `guidance` do not apply here.
 
 `oracle=PATH.ply` swaps both priors for the exact noise predictor of that object
 (`recon.guidance.oracle`): the run must rebuild it, and `recon eval` scores it on the orbit.

@@ -34,6 +34,7 @@ class SplatConfig(TrainConfig):
         "lr_means": POSITIVE, "lr_means_final": POSITIVE, "lr_scales": NON_NEGATIVE, "lr_quats": NON_NEGATIVE,
         "lr_opacities": NON_NEGATIVE, "lr_sh0": NON_NEGATIVE, "lr_shN": NON_NEGATIVE, "refine_start": NON_NEGATIVE,
         "refine_stop": NON_NEGATIVE, "refine_every": COUNT, "reset_opacity_every": COUNT, "grow_grad2d": POSITIVE,
+        "guidance": ("none", "boundary", "center", "mask"), "guidance_thickness": COUNT,
     }
     max_steps: int = 30_000
     init: str = "points"  # "points" (the scene's point cloud; random if it has none) or "random"
@@ -58,6 +59,8 @@ class SplatConfig(TrainConfig):
     absgrad: bool = False  # AbsGS-style densification (raise grow_grad2d to ~8e-4)
     random_background: bool = False  # train on random backgrounds (scenes with alpha masks)
     backend: str = "auto"  # rasterizer: auto | gsplat | cpu | torch
+    guidance: str = "none"  # 3DGS-DET's 2D prior painted into the training images: none | boundary | center | mask
+    guidance_thickness: int = 2  # boundary line width (centre disc radius) in pixels
 
 
 PRESETS = {
@@ -99,6 +102,17 @@ class Splat(Method):
         )
         self._make_optimizers()
         self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_scale)
+
+    @classmethod
+    def load_scene(cls, config: SplatConfig, info: dict) -> Scene:
+        """The dataset, with 3DGS-DET's 2D prior painted into its images when `guidance` asks for one
+        (in memory: the dataset on disk is never written)."""
+        scene = super().load_scene(config, info)
+        if config.guidance == "none":
+            return scene
+        from detect.boundary import paint_scene  # the 2D priors belong to 3DGS-DET
+
+        return paint_scene(scene, config.guidance, config.guidance_thickness)
 
     def _scene_scale(self) -> float:
         """The scene's extent (scales the position learning rate and densification thresholds):

@@ -53,6 +53,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_run_options(dream)
 
     detect_cmd = commands.add_parser("detect", help="3D object detection").add_subparsers(dest="detect_command", required=True)
+    detect_rec = detect_cmd.add_parser("reconstruct", help="3DGS per ScanNet scene (the detector's input); finished scenes are skipped")
+    detect_rec.add_argument("--data", type=Path, required=True, help="ScanNet root (scans/, split lists, label table)")
+    detect_rec.add_argument("--out", type=Path, required=True, help="RECON_ROOT: one splat run per scene")
+    detect_rec.add_argument("--guidance", choices=["none", "boundary", "center", "mask"], default="boundary", help="2D prior painted into the images")
+    detect_rec.add_argument("--split", nargs="+", default=["train", "val"], choices=["train", "val", "test"])
+    detect_rec.add_argument("--preset", default="default", help="splat preset, e.g. fast")
+    detect_rec.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a splat setting")
+    detect_rec.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="a loader option, e.g. max_frames=100")
+    detect_rec.add_argument("--workers", type=int, default=1, help="scenes reconstructed in parallel processes")
     detect_eval = detect_cmd.add_parser("eval", help="indoor AP (mmdet3d's indoor_eval) of predicted boxes on a ScanNet split")
     detect_eval.add_argument("--pred", type=Path, required=True, help="PRED.json: {scene_id: {boxes, labels, scores}}, boxes as (x_min, y_min, z_min, x_max, y_max, z_max) in the aligned frame")
     detect_eval.add_argument("--data", type=Path, required=True, help="ScanNet root (scans/, split lists, label table)")
@@ -248,6 +257,35 @@ def cmd_dream(args: argparse.Namespace) -> None:
 
 
 def cmd_detect(args: argparse.Namespace) -> None:
+    {"reconstruct": cmd_detect_reconstruct, "eval": cmd_detect_eval}[args.detect_command](args)
+
+
+def cmd_detect_reconstruct(args: argparse.Namespace) -> None:
+    from rich.progress import Progress
+
+    import data
+    from detect.reconstruct import reconstruct
+    from recon.io import write_json
+    from recon.methods.splat import Splat
+    from recon.runs import apply_overrides, preset_config
+
+    overrides, options = _overrides(args.set), {"downscale": 1, **_data_options(args.data_option)}
+    apply_overrides(preset_config(Splat, args.preset), {**overrides, "guidance": args.guidance})  # bad settings fail here, once
+    if args.workers < 1:
+        raise ValueError(f"--workers {args.workers}: expected a positive number")
+    scenes = [scene for split in args.split for scene in data.scannet_scenes(args.data, split)]
+    with Progress() as progress:
+        task = progress.add_task("reconstruct", total=len(scenes))
+        rows = reconstruct(scenes, args.out, guidance=args.guidance, preset=args.preset, overrides=overrides, data_options=options,
+                           workers=args.workers, progress=lambda row: progress.update(task, advance=1, description=f"{row['scene']} {row['status']}"))
+    write_json(args.out / "reconstruct.json", rows)
+    counts = {status: sum(r["status"] == status for r in rows) for status in ("trained", "resumed", "skipped", "failed")}
+    print(", ".join(f"{n} {status}" for status, n in counts.items() if n) + f" -> {args.out}")
+    if failed := [r for r in rows if r["status"] == "failed"]:
+        raise ValueError(f"{len(failed)} of {len(rows)} scenes failed (first: {failed[0]['scene']}: {failed[0]['error']}); see {args.out / 'reconstruct.json'}")
+
+
+def cmd_detect_eval(args: argparse.Namespace) -> None:
     from detect.metrics import evaluate_scannet, markdown_table, read_predictions
     from recon.io import write_json
 

@@ -194,3 +194,17 @@ def test_3dgs_trains_on_a_generated_room_through_the_cli(rooms, tmp_path):
                  "--set", "eval_views=1", "--out", str(tmp_path / "run")]) == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["test_psnr"] > 10
+
+
+def test_detect_reconstruct_trains_each_scene_once_and_resumes(rooms, tmp_path, capsys):
+    out = tmp_path / "recon"
+    args = ["detect", "reconstruct", "--data", str(rooms), "--out", str(out), "--split", "val", "--preset", "fast", "--guidance", "boundary",
+            "--set", "max_steps=6", "--set", "eval_views=1", "--data-option", "max_frames=6"]
+    assert main(args) == 0
+    rows = json.loads((out / "reconstruct.json").read_text())
+    assert [(r["scene"], r["status"]) for r in rows] == [("scene0002_00", "trained")]
+    ply = out / "scene0002_00" / "export" / "point_cloud.ply"
+    assert json.loads((out / "scene0002_00" / "config.json").read_text())["config"]["guidance"] == "boundary" and ply.is_file()
+    assert main(args) == 0 and "1 skipped" in capsys.readouterr().out
+    ply.unlink()  # as if killed after training: the checkpoint is there, the export is not
+    assert main(args) == 0 and json.loads((out / "reconstruct.json").read_text())[0]["status"] == "resumed" and ply.is_file()

@@ -41,6 +41,12 @@ if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
       --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
   fi
 fi
-echo "bootstrap: installing recon and its dependencies into $VENV"
-$PIP install -q -e ".[dev,diffusion]" 2>&1 | grep -v "^WARNING: Location" || true
+EXTRAS=dev,diffusion
+if "$VENV/bin/python" -c 'import sys, torch; sys.exit(torch.version.cuda is not None)' 2>/dev/null; then
+  EXTRAS=$EXTRAS,detect  # spconv's CPU build
+else
+  echo "bootstrap: CUDA torch: install the spconv-cu12x wheel matching your CUDA for 3D detection (pip install spconv-cu120, ...)"
+fi
+echo "bootstrap: installing recon and its dependencies ($EXTRAS) into $VENV"
+$PIP install -q -e ".[$EXTRAS]" 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c 'import recon, open3d, gsplat, nerfacc, diffusers, transformers' && touch "$STAMP"

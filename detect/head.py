@@ -70,11 +70,11 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
 
 
 def iou_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Σ (1 − IoU) of matched axis-aligned boxes [P, 6] (differentiable)."""
+    """1 − IoU [P] of matched axis-aligned boxes [P, 6] (differentiable)."""
     low, high = torch.maximum(predicted[:, :3], target[:, :3]), torch.minimum(predicted[:, 3:], target[:, 3:])
     intersection = (high - low).clamp_min(0).prod(-1)
     union = (predicted[:, 3:] - predicted[:, :3]).prod(-1) + (target[:, 3:] - target[:, :3]).prod(-1) - intersection
-    return (1 - intersection / union.clamp_min(1e-12)).sum()
+    return 1 - intersection / union.clamp_min(1e-12)
 
 
 def boxes_from_distances(points: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:

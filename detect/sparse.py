@@ -44,9 +44,11 @@ def sparse_tensor(features: torch.Tensor, voxels: torch.Tensor, spatial_shape: l
     return spconv.SparseConvTensor(features, voxels.int().contiguous(), list(spatial_shape), batch_size)
 
 
-def voxelize(points: list[torch.Tensor], features: list[torch.Tensor], voxel_size: float) -> tuple[SparseTensor, torch.Tensor]:
+def voxelize(points: list[torch.Tensor], features: list[torch.Tensor], voxel_size: float, multiple: int = 1) -> tuple[SparseTensor, torch.Tensor]:
     """One sparse tensor for a batch of point sets (points [N_b, 3], features [N_b, C]): voxels of
-    side voxel_size, features averaged per voxel. Returns it and the world origin [3] of voxel 0."""
+    side voxel_size, features averaged per voxel, the grid's sides rounded up to a `multiple` (so
+    strided and transposed convolutions give back the same shapes). Returns it and the world
+    origin [3] of voxel 0."""
     origin = torch.stack([p.min(0).values for p in points]).min(0).values
     voxels, pooled = [], []
     for b, (p, f) in enumerate(zip(points, features)):
@@ -57,7 +59,7 @@ def voxelize(points: list[torch.Tensor], features: list[torch.Tensor], voxel_siz
         voxels.append(torch.cat([torch.full((len(unique), 1), b), unique], 1))
         pooled.append(sums / counts[:, None])
     voxels = torch.cat(voxels)
-    shape = (voxels[:, 1:].max(0).values + 1).tolist()
+    shape = ((voxels[:, 1:].max(0).values + multiple) // multiple * multiple).tolist()
     return sparse_tensor(torch.cat(pooled), voxels, shape, len(points)), origin
 
 

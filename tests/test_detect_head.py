@@ -52,8 +52,8 @@ def test_losses_on_known_inputs():
                 + 0.75 * p[1, 0] ** 2 * -torch.log(1 - p[1, 0]) + 0.75 * p[1, 1] ** 2 * -torch.log(1 - p[1, 1]))
     torch.testing.assert_close(focal_loss(logits, targets), expected)
     a = torch.tensor([[0.0, 0, 0, 2, 2, 2]])
-    torch.testing.assert_close(iou_loss(a, a), torch.tensor(0.0))
-    torch.testing.assert_close(iou_loss(a, torch.tensor([[1.0, 0, 0, 3, 2, 2]])), torch.tensor(1 - 4 / 12))  # half overlap: IoU 1/3
+    torch.testing.assert_close(iou_loss(a, a), torch.tensor([0.0]))
+    torch.testing.assert_close(iou_loss(a, torch.tensor([[1.0, 0, 0, 3, 2, 2]])), torch.tensor([1 - 4 / 12]))  # half overlap: IoU 1/3
 
 
 def test_multiclass_nms_suppresses_within_a_class_only():

@@ -82,7 +82,7 @@ class DreamConfig(SplatConfig):
     grow_grad2d: float = 0.01
     eval_every: int = 500
     checkpoint_every: int = 500
-    log_every: int = 10
+    log_every: int = 1  # every step: the sampled t range is part of the record
     # text to 3D
     prompt: str = ""  # what to make; "" is the unconditional prompt
     negative_prompt: str = ""  # the unconditional side of classifier-free guidance

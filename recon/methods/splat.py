@@ -4,7 +4,8 @@ Gaussians start from the Scene's points (synthetic ground-truth samples, COLMAP/
 at random in the scene bounds; SH degree rises every `sh_degree_interval` steps; loss
 (1 − λ)·L1 + λ·(1 − SSIM); the position learning rate decays exponentially. Rendering goes through
 `renderers.splatting.rasterization`, so the same code trains on CUDA (gsplat), on a CPU (the
-compiled kernel) or anywhere else (the torch reference).
+compiled kernel) or anywhere else (the torch reference). With `guidance` set, the training images
+carry 3DGS-DET's 2D prior (class-coloured boundaries, centres or masks; `detect.boundary`).
 """
 from __future__ import annotations
 

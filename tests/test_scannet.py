@@ -208,3 +208,27 @@ def test_detect_reconstruct_trains_each_scene_once_and_resumes(rooms, tmp_path, 
     assert main(args) == 0 and "1 skipped" in capsys.readouterr().out
     ply.unlink()  # as if killed after training: the checkpoint is there, the export is not
     assert main(args) == 0 and json.loads((out / "reconstruct.json").read_text())[0]["status"] == "resumed" and ply.is_file()
+
+
+def test_detection_inputs_per_sampling_method(rooms, tmp_path):
+    from detect.dataset import load_detection_scene, sample
+    from detect.sampling import box_probability
+
+    out = tmp_path / "recon"
+    assert main(["detect", "reconstruct", "--data", str(rooms), "--out", str(out), "--split", "val", "--preset", "fast", "--guidance", "none",
+                 "--set", "max_steps=4", "--set", "eval_views=1", "--data-option", "max_frames=8"]) == 0
+    g = torch.Generator().manual_seed(0)
+    inputs = {method: load_detection_scene(out / "scene0002_00", scan(rooms, 2), method) for method in ("box", "gt", "random", "fps")}
+    box = inputs["box"]
+    n = len(box.means)
+    assert box.features.shape == (n, 11) and len(box.boxes) == len(box.labels) > 0
+    inside = box_probability(box.means, box.boxes) > 0
+    # the 8 frames see part of the room; frusta also hold what lies behind an object (there is no occlusion test),
+    # so object Gaussians are likelier to be in one than the rest, not certain to
+    assert set(box.p_object.unique().tolist()) <= {0.0, 1.0} and box.p_object[inside].mean() > 1.2 * box.p_object[~inside].mean()
+    assert torch.equal(inputs["gt"].p_object, inside.float()) and inputs["random"].p_object is None
+    for method, scene in inputs.items():
+        chosen = sample(scene, method, n // 4, g)
+        assert len(chosen) == n // 4 and len(torch.unique(chosen)) == n // 4, method
+    boxed = sample(box, "box", n // 4, g)
+    assert inside[boxed].float().mean() > inside.float().mean()  # box-focused sampling keeps more object Gaussians than there are

@@ -28,7 +28,6 @@ import open3d as o3d
 
 from data.formats.common import intrinsics, look_at, normalize
 from data.formats.sens import SensHeader, write_sens
-from data.scene import DataError
 from data.synth import Part, cast_rays, check_counts, pixel_rays, write_dataset
 
 # raw category → nyu40 id (our label table, a subset of ScanNet's with its ids)
@@ -105,7 +104,6 @@ def _furniture(label: str, rng: np.random.Generator) -> tuple[list[Part], np.nda
         w, d = u(1.0, 1.8), u(1.9, 2.1)
         parts = [_box((w, d, 0.3), (0, 0, 0), c, rng), _box((w - 0.06, d - 0.1, 0.22), (0.03, 0.0, 0.3), _colour(rng, (0.0, 0.2), (0.8, 0.95)), rng),
                  _box((w, 0.08, u(0.8, 1.1)), (0, d, 0), c * 0.8, rng), _box((w * 0.6, 0.35, 0.12), (w * 0.2, d - 0.45, 0.52), _colour(rng, (0.0, 0.3), (0.85, 1.0)), rng)]
-        d += 0.08
     elif label == "sofa":
         w, d = u(1.6, 2.4), u(0.8, 0.95)
         parts = [_box((w, d, 0.42), (0, 0, 0), c, rng), _box((w, 0.2, 0.4), (0, d - 0.2, 0.42), c * 0.9, rng),
@@ -137,10 +135,9 @@ def _furniture(label: str, rng: np.random.Generator) -> tuple[list[Part], np.nda
                  _box((w, 0.06, h), (0, 0, 0), white, rng), _box((w, 0.06, h), (0, d - 0.06, 0), white, rng)]
     elif label == "trash can":
         r = u(0.13, 0.2)
-        w = d = 2 * r
         parts = [_cylinder(r, u(0.35, 0.6), (r, r, 0), c, rng)]
     elif label == "shower curtain":
-        w, d = u(0.8, 1.4), 0.03
+        w = u(0.8, 1.4)
         parts = [_box((w, 0.02, 1.75), (0, 0, 0.15), _colour(rng, (0.1, 0.5), (0.6, 0.95)), rng, "stripes"), _box((w, 0.03, 0.03), (0, 0, 1.95), np.array([0.7, 0.7, 0.72]), rng)]
     else:
         raise ValueError(f"no builder for {label!r}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from detect.sparse import SparseTensor, generative_transpose, select, strided, submanifold, with_features
+from detect.sparse import SparseTensor, add, generative_transpose, select, strided, submanifold, with_features
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class Detector(nn.Module):
             if i < len(features) - 1:
                 conv, norm = self.up[i]
                 grown = norm(conv(x))
-                x = _add(grown, features[i])
+                x = add(grown, features[i])
                 x = self._prune(x, outputs[i + 1])
             head_conv, head_norm = self.out[i]
             h = head_norm(head_conv(x)).features
@@ -113,10 +113,3 @@ class Detector(nn.Module):
 def _keys(voxels: torch.Tensor) -> torch.Tensor:
     """One int64 per voxel [M, 4] (batch, i, j, k), each below 2¹⁶."""
     return ((voxels[:, 0] * 65536 + voxels[:, 1]) * 65536 + voxels[:, 2]) * 65536 + voxels[:, 3]
-
-
-def _add(a: SparseTensor, b: SparseTensor) -> SparseTensor:
-    """Sum of two sparse tensors over the union of their voxels."""
-    from spconv.pytorch.functional import sparse_add
-
-    return sparse_add(a, b)

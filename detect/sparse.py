@@ -87,3 +87,8 @@ def select(x: SparseTensor, keep: torch.Tensor) -> SparseTensor:
 def with_features(x: SparseTensor, features: torch.Tensor) -> SparseTensor:
     """x's voxels with other features (activations, normalisation)."""
     return x.replace_feature(features)
+
+
+def add(a: SparseTensor, b: SparseTensor) -> SparseTensor:
+    """Sum of two sparse tensors of one grid over the union of their voxels."""
+    return spconv.functional.sparse_add(a, b)

@@ -1,4 +1,4 @@
-"""`recon` command line: data synth | train | dream | detect eval | eval | render | view | export.
+"""`recon` command line: data synth | train | dream | detect reconstruct|eval | eval | render | view | export.
 
 Errors a user can fix (bad paths, malformed data, wrong checkpoints, unknown settings) end in one
 line naming the file or argument, and exit status 2.

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import data
-from data.formats.scannet import CLASSES, load_scannet, read_annotation, render_instance_masks
+from data.formats.scannet import CLASSES, read_annotation, render_instance_masks
 from data.formats.sens import SensFile, SensHeader, write_sens
 from data.rooms import generate_rooms
 from recon.cli import main

@@ -131,7 +131,6 @@ class Splat(Method):
             colors = torch.rand(c.init_num_random, 3, generator=self.generator, device=self.device)
         else:
             raise ValueError(f"init must be 'points' or 'random', got {c.init!r}")
-        n = means.shape[0]
         return self._gaussians_at(means, colors)
 
     def _gaussians_at(self, means: torch.Tensor, colors: torch.Tensor) -> dict[str, torch.nn.Parameter]:

@@ -3,7 +3,8 @@
 Level l's voxel j (stride s = 2^(l+1) fine voxels) is centred at origin + (j + ½)·s·voxel_size;
 its six distances are in fine voxels. Losses per batch, FCAF3D's normalisation: focal loss over all
 locations / positives, centerness BCE averaged over positives, and (1 − IoU) of the decoded boxes
-weighted by the centerness targets / their sum.
+weighted by the centerness targets / their sum. Boxes thinner than the finest level's spacing are
+assigned as if grown to it (detect.head's `min_size`).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def detection_losses(outputs: list[dict[str, torch.Tensor]], origin: torch.Tenso
     for scene in range(len(boxes)):
         rows = [o["voxels"][:, 0] == scene for o in outputs]
         points = [w[r] for w, r in zip(where, rows)]
-        c_t, b_t, l_t = assign_targets(points, boxes[scene], labels[scene])
+        c_t, b_t, l_t = assign_targets(points, boxes[scene], labels[scene], min_size=2 * voxel_size)  # the finest level's spacing
         logits.append(torch.cat([o["classes"][r] for o, r in zip(outputs, rows)]))
         centers.append(torch.cat([o["centerness"][r] for o, r in zip(outputs, rows)]))
         distances = torch.cat([o["distances"][r] for o, r in zip(outputs, rows)]) * voxel_size

@@ -103,7 +103,7 @@ class Detector(nn.Module):
         where = torch.searchsorted(coarse_keys, parents).clamp_max(len(coarse_keys) - 1)
         found = coarse_keys[where] == parents
         score = torch.where(found, coarser["classes"].max(1).values.detach()[order[where]], torch.full_like(parents, -1e9, dtype=torch.float32))
-        keep = torch.zeros(len(score), dtype=torch.bool)
+        keep = torch.zeros(len(score), dtype=torch.bool, device=score.device)
         for b in range(x.batch_size):
             rows = torch.nonzero(x.indices[:, 0] == b).squeeze(1)
             keep[rows[score[rows].topk(min(self.shape.prune_top, len(rows))).indices]] = True

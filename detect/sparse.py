@@ -6,6 +6,10 @@ CPU-only torch cannot give ("Torch not compiled with CUDA enabled"). Its CPU ker
 stream, so on machines without CUDA `patch_for_cpu()` (applied at import) makes spconv's lookup
 return the null stream 0. `tests/test_detect_sparse.py` checks values and gradients of every
 convolution kind against a dense Conv3d on a tiny grid.
+
+SparseConvTensor is a torch.fx proxyable class, so building one asks torch.fx.is_fx_tracing(),
+which logs a deprecation notice for torch developers (once per process); `_quiet_fx_notice()` pays
+that once at import with its logger silenced, so users never see it.
 """
 from __future__ import annotations
 
@@ -35,7 +39,24 @@ def _null_stream() -> int:
     return 0
 
 
+def _quiet_fx_notice() -> None:
+    import logging
+
+    import torch.fx._symbolic_trace as symbolic_trace
+
+    notice = getattr(symbolic_trace, "is_fx_tracing_warning", None)  # torch ≥ 2.9
+    if notice is None:
+        return
+    logger = logging.getLogger(symbolic_trace.__name__)
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        notice()
+    finally:
+        logger.disabled = disabled
+
+
 patch_for_cpu()
+_quiet_fx_notice()
 
 
 def sparse_tensor(features: torch.Tensor, voxels: torch.Tensor, spatial_shape: list[int], batch_size: int) -> SparseTensor:
@@ -54,9 +75,9 @@ def voxelize(points: list[torch.Tensor], features: list[torch.Tensor], voxel_siz
     for b, (p, f) in enumerate(zip(points, features)):
         cells = torch.floor((p - origin) / voxel_size).long()  # [N, 3]
         unique, inverse = torch.unique(cells, dim=0, return_inverse=True)
-        sums = torch.zeros(len(unique), f.shape[1], dtype=f.dtype).index_add_(0, inverse, f)
-        counts = torch.zeros(len(unique), dtype=f.dtype).index_add_(0, inverse, torch.ones_like(inverse, dtype=f.dtype))
-        voxels.append(torch.cat([torch.full((len(unique), 1), b), unique], 1))
+        sums = torch.zeros(len(unique), f.shape[1], dtype=f.dtype, device=f.device).index_add_(0, inverse, f)
+        counts = torch.zeros(len(unique), dtype=f.dtype, device=f.device).index_add_(0, inverse, torch.ones_like(inverse, dtype=f.dtype))
+        voxels.append(torch.cat([torch.full((len(unique), 1), b, device=f.device), unique], 1))
         pooled.append(sums / counts[:, None])
     voxels = torch.cat(voxels)
     shape = ((voxels[:, 1:].max(0).values + multiple) // multiple * multiple).tolist()
@@ -90,5 +111,9 @@ def with_features(x: SparseTensor, features: torch.Tensor) -> SparseTensor:
 
 
 def add(a: SparseTensor, b: SparseTensor) -> SparseTensor:
-    """Sum of two sparse tensors of one grid over the union of their voxels."""
-    return spconv.functional.sparse_add(a, b)
+    """Sum of two sparse tensors of one grid over the union of their voxels (spconv's sparse_add
+    goes through torch.sparse_coo_tensor; this is the same sum with a unique over voxel rows)."""
+    assert list(a.spatial_shape) == list(b.spatial_shape) and a.batch_size == b.batch_size
+    union, inverse = torch.unique(torch.cat([a.indices, b.indices]), dim=0, return_inverse=True)
+    features = a.features.new_zeros(len(union), a.features.shape[1]).index_add(0, inverse, torch.cat([a.features, b.features]))
+    return sparse_tensor(features, union, a.spatial_shape, a.batch_size)

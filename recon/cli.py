@@ -1,4 +1,4 @@
-"""`recon` command line: data synth | train | dream | detect reconstruct|eval | eval | render | view | export.
+"""`recon` command line: data synth | train | dream | detect reconstruct|train|eval | eval | render | view | export.
 
 Errors a user can fix (bad paths, malformed data, wrong checkpoints, unknown settings) end in one
 line naming the file or argument, and exit status 2.
@@ -62,11 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     detect_rec.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a splat setting")
     detect_rec.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="a loader option, e.g. max_frames=100")
     detect_rec.add_argument("--workers", type=int, default=1, help="scenes reconstructed in parallel processes")
-    detect_eval = detect_cmd.add_parser("eval", help="indoor AP (mmdet3d's indoor_eval) of predicted boxes on a ScanNet split")
-    detect_eval.add_argument("--pred", type=Path, required=True, help="PRED.json: {scene_id: {boxes, labels, scores}}, boxes as (x_min, y_min, z_min, x_max, y_max, z_max) in the aligned frame")
-    detect_eval.add_argument("--data", type=Path, required=True, help="ScanNet root (scans/, split lists, label table)")
+    detect_train = detect_cmd.add_parser("train", help="train the sparse detector on reconstructed scenes (validation mAP on the val split)")
+    detect_train.add_argument("--recon", type=Path, default=None, help="RECON_ROOT of recon detect reconstruct; not needed with --resume")
+    detect_train.add_argument("--data", type=Path, default=None, help="ScanNet root (boxes, splits; frames for box sampling); not needed with --resume")
+    detect_train.add_argument("--sampling", choices=["box", "random", "fps", "gt"], default=None,
+                              help="Gaussians the detector sees: box-focused (3DGS-DET, default), random, farthest-point, ground-truth boxes (upper bound)")
+    _add_run_options(detect_train)
+    detect_eval = detect_cmd.add_parser("eval", help="indoor AP (mmdet3d's indoor_eval) of a detection run, or of a predictions file, on a ScanNet split")
+    detect_eval.add_argument("run_dir", type=Path, nargs="?", default=None, help="a recon detect train run (writes RUN/eval/)")
+    detect_eval.add_argument("--pred", type=Path, default=None, help="instead of a run, PRED.json: {scene_id: {boxes, labels, scores}}, boxes as (x_min, y_min, z_min, x_max, y_max, z_max) in the aligned frame")
+    detect_eval.add_argument("--data", type=Path, default=None, help="ScanNet root (needed with --pred; a run knows its own)")
     detect_eval.add_argument("--split", default="val", choices=["train", "val", "test"])
-    detect_eval.add_argument("--out", type=Path, default=None, help="results JSON (default PRED.ap.json beside PRED.json)")
+    detect_eval.add_argument("--out", type=Path, default=None, help="results JSON (default RUN/eval/results.json, or PRED.ap.json beside PRED.json)")
 
     evaluate = commands.add_parser("eval", help="render the test split of a run (or a 3DGS .ply) and write PSNR/SSIM/LPIPS")
     evaluate.add_argument("run_dir", type=Path, help="run directory, or a 3DGS .ply file (then --data is needed)")
@@ -82,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 
     view = commands.add_parser("view", help="open a saved run in the viser viewer (until Ctrl-C)")
     view.add_argument("run_dir", type=Path)
+    view.add_argument("--scene", default=None, help="detection runs: the val scene to show (default the first)")
     view.add_argument("--port", type=int, default=8080, help="port (the next free one if taken)")
     view.add_argument("--host", default="127.0.0.1", help="interface (default loopback only; 0.0.0.0 exposes it to the network)")
 
@@ -168,7 +176,7 @@ def _run_config(args: argparse.Namespace, method_cls, overrides: dict[str, str])
     if args.resume:
         if args.out is None:
             raise ValueError("--resume: --out must name the run to continue")
-        info = read_run_info(args.out)
+        info = read_run_info(args.out, method_cls)
         return apply_overrides(config_from_dict(method_cls.Config, info["config"]), overrides), info
     return apply_overrides(preset_config(method_cls, args.preset), overrides), {"method": method_cls.name, "preset": args.preset}
 
@@ -257,7 +265,7 @@ def cmd_dream(args: argparse.Namespace) -> None:
 
 
 def cmd_detect(args: argparse.Namespace) -> None:
-    {"reconstruct": cmd_detect_reconstruct, "eval": cmd_detect_eval}[args.detect_command](args)
+    {"reconstruct": cmd_detect_reconstruct, "train": cmd_detect_train, "eval": cmd_detect_eval}[args.detect_command](args)
 
 
 def cmd_detect_reconstruct(args: argparse.Namespace) -> None:
@@ -285,15 +293,56 @@ def cmd_detect_reconstruct(args: argparse.Namespace) -> None:
         raise ValueError(f"{len(failed)} of {len(rows)} scenes failed (first: {failed[0]['scene']}: {failed[0]['error']}); see {args.out / 'reconstruct.json'}")
 
 
+def cmd_detect_train(args: argparse.Namespace) -> None:
+    from detect.training import DetectionTraining, load_detection_data, steps_per_epoch
+    from recon.runs import default_run_dir
+
+    if args.viewer:
+        raise ValueError("--viewer: a detection run is viewed once trained: recon view RUN")
+    overrides = _overrides(args.set) | ({"sampling": args.sampling} if args.sampling else {})
+    config, info = _run_config(args, DetectionTraining, overrides)
+    if not args.resume:
+        for flag, path in (("--recon", args.recon), ("--data", args.data)):
+            if path is None:
+                raise ValueError(f"{flag} DIR is required (a new run)")
+            if not path.is_dir():
+                raise ValueError(f"{flag} {path}: not a directory")
+        info |= {"recon": str(args.recon.resolve()), "data": str(args.data.resolve()), "data_options": {}}
+    data = load_detection_data(info["recon"], info["data"], config)
+    run_dir = args.out or default_run_dir(DetectionTraining.name, f"{Path(info['recon']).name}-{config.sampling}")
+    print(f"{len(data.train)} training and {len(data.val)} validation scenes, {config.sampling} sampling; "
+          f"{steps_per_epoch(config, len(data.train))} steps per epoch, {config.max_steps} steps")
+    torch.manual_seed(config.seed)
+    _train(args, DetectionTraining(config, data, device=args.device), run_dir, info)
+
+
 def cmd_detect_eval(args: argparse.Namespace) -> None:
     from detect.metrics import evaluate_scannet, markdown_table, read_predictions
-    from recon.io import write_json
+    from recon.io import write_json, write_text
 
-    result = evaluate_scannet(read_predictions(args.pred), args.data, args.split)
-    out = args.out or args.pred.with_suffix(".ap.json")
+    if (args.run_dir is None) == (args.pred is None):
+        raise ValueError("give one of a detection run (recon detect eval RUN) and --pred PRED.json --data ROOT")
+    if args.pred is not None:
+        if args.data is None:
+            raise ValueError("--pred: --data ROOT is required (the ScanNet root with the ground truth)")
+        predictions, data_root, out = read_predictions(args.pred), args.data, args.out or args.pred.with_suffix(".ap.json")
+    else:
+        from detect.training import open_detection_run
+
+        if args.split == "test":
+            raise ValueError("--split test: a detection run is scored on its train or val scenes (ScanNet's test split has no boxes)")
+        method, info = open_detection_run(args.run_dir, args.device, splits=(args.split,))
+        data_root, out = Path(info["data"]), args.out or args.run_dir / "eval" / "results.json"
+        scenes = method.data.train if args.split == "train" else method.data.val
+        predictions = method.predict(scenes)
+        write_json(out.with_name("predictions.json"), predictions)
+    result = evaluate_scannet(predictions, data_root, args.split)
     write_json(out, result)
+    table = markdown_table(result)
     print(f"{result['scenes']} {args.split} scenes, {len(result['classes'])} classes (AP in %)\n")
-    print(markdown_table(result))
+    print(table)
+    if args.run_dir is not None:
+        write_text(out.with_suffix(".md"), table + "\n")
     if result["unmatched_classes"]:
         print(f"predicted classes absent from the ground truth (not averaged): {', '.join(result['unmatched_classes'])}")
     print(f"-> {out}")
@@ -311,6 +360,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
             raise ValueError(f"--data DIR is required to evaluate {args.run_dir}")
         method, label, out_dir = Splat.from_ply(args.run_dir, data.load(args.data), args.device), str(args.run_dir), args.run_dir.with_suffix("") / "eval"
     else:
+        _refuse_detection_run(args.run_dir, "its indoor AP: recon detect eval RUN")
         method, info = open_run(args.run_dir, args.device)
         label, out_dir = f"{info['method']} step {info['step']}", args.run_dir / "eval"
         if info["method"] == "dream" and not method.config.oracle:
@@ -326,24 +376,61 @@ def cmd_render(args: argparse.Namespace) -> None:
     from recon.evaluate import render_path
     from recon.runs import open_run
 
+    _refuse_detection_run(args.run_dir, "recon view RUN shows its boxes over a scene's Gaussians")
     method, _ = open_run(args.run_dir, args.device)
     video = render_path(method, args.run_dir / "render", args.path, args.frames, args.fps)
     print(f"wrote {args.frames} frames and {video}")
 
 
 def cmd_view(args: argparse.Namespace) -> None:
+    from recon.runs import open_run, run_method_name
+    from viewer import Viewer
+
+    if run_method_name(args.run_dir) == "detect":
+        viewer, shown = detection_viewer(args)
+    else:
+        method, info = open_run(args.run_dir, args.device)
+        viewer, shown = Viewer(method, host=args.host, port=args.port, training=False, step=info["step"]), f"{info['method']} step {info['step']}"
+    print(f"viewer: {viewer.url} ({shown}; Ctrl-C to quit)", flush=True)
+    viewer.serve_forever()
+
+
+def detection_viewer(args: argparse.Namespace) -> tuple:
+    """A viewer of a detection run (args: run_dir, scene, device, host, port): one val scene's
+    Gaussians with its predicted and ground-truth boxes; and a line saying what it shows."""
+    import numpy as np
+
+    from data.formats.scannet import CLASSES
+    from detect.training import open_detection_run
     from recon.runs import open_run
     from viewer import Viewer
 
-    method, info = open_run(args.run_dir, args.device)
-    viewer = Viewer(method, host=args.host, port=args.port, training=False, step=info["step"])
-    print(f"viewer: {viewer.url} ({info['method']} step {info['step']}; Ctrl-C to quit)", flush=True)
-    viewer.serve_forever()
+    detector, info = open_detection_run(args.run_dir, args.device)
+    names = [s.name for s in detector.data.val]
+    if not names:
+        raise ValueError(f"{args.run_dir}: its data {info['data']} has no val scenes to show")
+    if args.scene is not None and args.scene not in names:
+        raise ValueError(f"--scene {args.scene}: not a val scene of {info['data']} (val scenes: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
+    scene = detector.data.val[names.index(args.scene or names[0])]
+    predicted = detector.predict([scene])[scene.name]
+    splat, splat_info = open_run(Path(info["recon"]) / scene.name, args.device)
+    viewer = Viewer(splat, host=args.host, port=args.port, training=False, step=splat_info["step"])
+    viewer.add_boxes("Ground truth", scene.boxes.numpy(), [CLASSES[i] for i in scene.labels.tolist()], (40, 200, 80))
+    viewer.add_boxes("Predicted", np.array(predicted["boxes"]), predicted["labels"], (230, 60, 40), np.array(predicted["scores"]))
+    return viewer, f"{scene.name}: {len(scene.boxes)} ground-truth and {len(predicted['boxes'])} predicted boxes, detector step {info['step']}"
+
+
+def _refuse_detection_run(run_dir: Path, instead: str) -> None:
+    from recon.runs import run_method_name
+
+    if run_method_name(run_dir) == "detect":
+        raise ValueError(f"{run_dir}: a detection run renders nothing; {instead}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from recon.runs import open_run
 
+    _refuse_detection_run(args.run_dir, "its predictions: recon detect eval RUN (RUN/eval/predictions.json)")
     method, info = open_run(args.run_dir, args.device)
     if not hasattr(method, "export_ply"):
         raise ValueError(f"{args.run_dir}: method {info['method']!r} has no .ply export (Gaussian methods do)")

@@ -10,7 +10,7 @@ import torch
 
 from recon.io import CheckpointError
 from recon.methods import find_method
-from recon.methods.base import Method, TrainConfig, config_from_dict, type_name
+from recon.methods.base import Method, Trainable, TrainConfig, config_from_dict, type_name
 from recon.trainer import holds_run, latest_checkpoint, restore
 
 
@@ -18,7 +18,7 @@ def default_run_dir(method: str, scene_name: str, root: Path = Path("runs")) -> 
     return root / method / scene_name / time.strftime("%Y%m%d-%H%M%S")
 
 
-def preset_config(method_cls: type[Method], preset: str) -> TrainConfig:
+def preset_config(method_cls: type[Trainable], preset: str) -> TrainConfig:
     if preset not in method_cls.presets:
         raise ValueError(f"--preset: {method_cls.name} has no preset {preset!r} (available: {', '.join(method_cls.presets)})")
     return method_cls.presets[preset]
@@ -57,8 +57,9 @@ def prepare_run_dir(run_dir: Path, *, restart: bool) -> None:
     print(f"moved the previous run to {aside}")
 
 
-def read_run_info(run_dir: Path) -> dict:
-    """config.json of a run: method, preset, data, data_options, config; CheckpointError naming the file."""
+def read_run_info(run_dir: Path, method_cls: type[Trainable] | None = None) -> dict:
+    """config.json of a run: method, preset, data, data_options, config (checked against `method_cls`,
+    default the registered method it names); CheckpointError naming the file."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{path}: not a run directory (no config.json)")
@@ -66,10 +67,22 @@ def read_run_info(run_dir: Path) -> dict:
         info = json.loads(path.read_text())
         if not (isinstance(info["data"], str) and isinstance(info["preset"], str) and isinstance(info["data_options"], dict) and isinstance(info["config"], dict)):
             raise ValueError("data, preset, data_options or config of the wrong type")
-        config_from_dict(find_method(info["method"]).Config, info["config"]).validate()
+        if method_cls is not None and info["method"] != method_cls.name:
+            raise ValueError(f"a {info['method']!r} run, not a {method_cls.name!r} run")
+        config_from_dict((method_cls or find_method(info["method"])).Config, info["config"]).validate()
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: malformed run config ({type(error).__name__}: {error})") from None
     return info
+
+
+def run_method_name(run_dir: Path) -> str | None:
+    """The method a run directory's config.json names (None when it names none): lets the CLI send
+    runs of unregistered trainables (detection) to their own commands."""
+    try:
+        method = json.loads((Path(run_dir) / "config.json").read_text()).get("method")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return method if isinstance(method, str) else None
 
 
 def open_run(run_dir: Path, device: torch.device | str | None = None) -> tuple[Method, dict]:

@@ -18,8 +18,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from recon.io import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, write_json, write_text
-from recon.methods.base import Method
-from recon.metrics import psnr
+from recon.methods.base import Trainable
 
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints")  # what makes a directory hold a run
@@ -34,7 +33,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def restore(method: Method, path: Path, *, training: bool) -> dict:
+def restore(method: Trainable, path: Path, *, training: bool) -> dict:
     """Load a checkpoint into `method` (and its optimiser state when `training`); returns it."""
     state = load_checkpoint(path)
     if state["method"] != method.name:
@@ -84,7 +83,7 @@ def remove_stale_temporaries(run_dir: Path) -> None:
 
 
 class Trainer:
-    def __init__(self, method: Method, run_dir: Path, run_info: dict) -> None:
+    def __init__(self, method: Trainable, run_dir: Path, run_info: dict) -> None:
         self.method = method
         self.run_dir = Path(run_dir)
         self.run_info = run_info  # method, preset, data, data_options: written to config.json
@@ -140,17 +139,12 @@ class Trainer:
         self.plot_curves()
         return last_eval
 
-    @torch.no_grad()
     def validate(self, step: int, train_time: float) -> dict[str, float]:
-        """PSNR on the first `eval_views` validation views (test views when there is no val split)."""
-        scene = self.method.scene
-        split = "val" if len(scene.splits.get("val", [])) else "test"
-        views = scene.split(split)[: self.method.config.eval_views].tolist()
-        if not views:
+        """The method's validation metrics (e.g. val_psnr, val_mAP@0.25), logged with the step."""
+        values = self.method.validation_metrics()
+        if not values:
             return {}
-        self.method.eval()
-        values = [float(psnr(self.method.render_view(scene.K[i], scene.c2w[i], scene.width, scene.height)["rgb"].cpu(), scene.images[i])) for i in views]
-        result = {"step": step, "train_time": round(train_time, 3), f"{split}_psnr": round(sum(values) / len(values), 4)}
+        result = {"step": step, "train_time": round(train_time, 3), **values}
         self._log(result)
         return result
 
@@ -179,7 +173,7 @@ class Trainer:
             write_text(self.metrics_path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def plot_curves(self) -> None:
-        """curves.png: training loss and PSNR, validation PSNR, against the step."""
+        """curves.png: the training loss (and PSNR when logged), and each validation metric, against the step."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -187,18 +181,18 @@ class Trainer:
 
         records = read_metrics(self.metrics_path)
         train = [r for r in records if "loss" in r]
-        val = [r for r in records if any(k.endswith("_psnr") for k in r)]
-        fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(10, 4))
+        val = [r for r in records if "loss" not in r]
+        fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
         ax_loss.semilogy([r["step"] for r in train], [r["loss"] for r in train])
         ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
         if train and "psnr" in train[0]:
-            ax_psnr.plot([r["step"] for r in train], [r["psnr"] for r in train], label="train (batch)")
-        if val:
-            key = next(k for k in val[0] if k.endswith("_psnr"))
-            ax_psnr.plot([r["step"] for r in val], [r[key] for r in val], "o-", label=key.replace("_psnr", ""))
-        ax_psnr.set(xlabel="step", ylabel="PSNR (dB)", title="PSNR")
-        if ax_psnr.lines:
-            ax_psnr.legend()
+            ax_val.plot([r["step"] for r in train], [r["psnr"] for r in train], label="train psnr (batch)")
+        for key in dict.fromkeys(k for r in val for k in r if k not in ("step", "train_time")):
+            shown = [r for r in val if key in r]
+            ax_val.plot([r["step"] for r in shown], [r[key] for r in shown], "o-", label=key)
+        ax_val.set(xlabel="step", title="validation")
+        if ax_val.lines:
+            ax_val.legend()
         fig.tight_layout()
         atomic_write(self.run_dir / "curves.png", lambda tmp: fig.savefig(tmp, dpi=80))
         plt.close(fig)

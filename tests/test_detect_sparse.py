@@ -5,7 +5,7 @@ import pytest
 import torch
 
 pytest.importorskip("spconv")
-from detect.sparse import generative_transpose, select, sparse_tensor, strided, submanifold, voxelize  # noqa: E402
+from detect.sparse import add, generative_transpose, select, sparse_tensor, strided, submanifold, voxelize  # noqa: E402
 
 GRID = 6
 
@@ -81,3 +81,11 @@ def test_voxelize_averages_features_per_voxel_and_select_keeps_a_subset():
     assert rows == {(0, 0, 0, 0): 2.0, (0, 3, 0, 0): 5.0, (1, 4, 5, 5): 7.0}
     kept = select(x, x.features[:, 0] > 4)
     assert len(kept.indices) == 2 and kept.batch_size == 2
+
+
+def test_add_sums_over_the_union_of_voxels():
+    a = sparse_tensor(torch.tensor([[1.0], [2.0]]), torch.tensor([[0, 1, 1, 1], [0, 2, 2, 2]]), [4, 4, 4], 1)
+    b = sparse_tensor(torch.tensor([[10.0], [20.0]]), torch.tensor([[0, 2, 2, 2], [0, 3, 0, 1]]), [4, 4, 4], 1)
+    total = add(a, b)
+    got = {tuple(v): float(f) for v, f in zip(total.indices.tolist(), total.features[:, 0])}
+    assert got == {(0, 1, 1, 1): 1.0, (0, 2, 2, 2): 12.0, (0, 3, 0, 1): 20.0}

@@ -325,6 +325,36 @@ class Viewer:
         self._points = self.server.scene.add_point_cloud(
             "/points", means[::every].numpy(), (colors[::every].numpy() * 255).astype(np.uint8), point_size=0.005 * self._scale)
 
+    def add_boxes(self, name: str, boxes: np.ndarray, labels: list[str], color: tuple[int, int, int], scores: np.ndarray | None = None) -> None:
+        """Axis-aligned boxes [B, 6] (min, max) as wireframes, each with its label (and score), under a
+        checkbox `name` in the "Boxes" folder; scored boxes below the "Min score" slider are hidden."""
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 6)
+        assert len(labels) == len(boxes) and (scores is None or len(scores) == len(boxes))
+        if not hasattr(self, "_box_sets"):
+            self._box_sets: dict[str, tuple] = {}
+            with self.server.gui.add_folder("Boxes"):
+                self.min_score = self.server.gui.add_slider("Min score", 0.0, 1.0, 0.01, 0.3, hint="hide predictions scored below")
+            self.min_score.on_update(lambda _: self._draw_boxes())
+        with self.server.gui.add_folder("Boxes"):
+            toggle = self.server.gui.add_checkbox(name, True)
+        toggle.on_update(lambda _: self._draw_boxes())
+        self._box_sets[name] = (boxes, labels, color, scores, toggle, [])
+        self._draw_boxes()
+
+    def _draw_boxes(self) -> None:
+        for name, (boxes, labels, color, scores, toggle, handles) in self._box_sets.items():
+            for handle in handles:
+                handle.remove()
+            handles.clear()
+            shown = np.ones(len(boxes), bool) if scores is None else np.asarray(scores) >= self.min_score.value
+            if not toggle.value or not shown.any():
+                continue
+            segments = np.concatenate([_box_edges(box) for box in boxes[shown]])  # [12·B, 2, 3]
+            handles.append(self.server.scene.add_line_segments(f"/boxes/{name}", segments, np.array(color, np.uint8), line_width=2.0))
+            for k in np.nonzero(shown)[0]:
+                text = labels[k] if scores is None else f"{labels[k]} {scores[k]:.2f}"
+                handles.append(self.server.scene.add_label(f"/boxes/{name}/{k}", text, position=boxes[k, 3:]))
+
     def _show_cameras(self) -> None:
         for frustum in self._frustums:
             frustum.visible = self.show_cameras.value
@@ -334,6 +364,13 @@ class Viewer:
         """Move a browser's camera to a training view."""
         client.camera.wxyz = vtf.SO3.from_matrix(c2w[:3, :3]).wxyz
         client.camera.position = c2w[:3, 3]
+
+
+def _box_edges(box: np.ndarray) -> np.ndarray:
+    """The 12 edges [12, 2, 3] of an axis-aligned box (min, max)."""
+    corners = np.array([[box[3 * i], box[3 * j + 1], box[3 * k + 2]] for i in (0, 1) for j in (0, 1) for k in (0, 1)])  # index 4i + 2j + k
+    pairs = [(a, a | bit) for a in range(8) for bit in (1, 2, 4) if not a & bit]
+    return corners[np.array(pairs)]
 
 
 def _neighbour_spacing(positions: torch.Tensor) -> float:

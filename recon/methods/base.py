@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from data import Scene
+from recon.metrics import psnr
 from renderers.cameras import Rays, make_rays, pixel_rays
 
 
@@ -98,24 +99,55 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class Method(nn.Module):
-    """A trainable scene representation. Subclasses set `name`, `Config` and `presets`.
-
-    Everything trainable lives on `self.device`; subclasses build their modules, call
-    `self.to(self.device)` and then make their optimisers. The Scene itself stays on the CPU.
-    """
+class Trainable(nn.Module):
+    """What the trainer drives: a validated `config` (max_steps, log/eval/checkpoint cadence, seed),
+    `train_step`, a validation, the progress text and exact-resume state. Subclasses set `name`,
+    `Config` and `presets`, build their modules on `self.device`, then make their optimisers."""
 
     name: str
     Config: type[TrainConfig]
     presets: dict[str, TrainConfig]
-    debug_image: torch.Tensor | None = None  # [H, W, 3] in [0, 1]: the latest debugging view, shown by the viewer
 
-    def __init__(self, config: TrainConfig, scene: Scene, device: torch.device | str | None = None) -> None:
+    def __init__(self, config: TrainConfig, device: torch.device | str | None = None) -> None:
         super().__init__()
         config.validate()
         self.config = config
-        self.scene = scene
         self.device = torch.device(device) if device is not None else default_device()
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One optimisation step; returns at least "loss"."""
+        raise NotImplementedError
+
+    def validation_metrics(self) -> dict[str, float]:
+        """Metrics of the current model on held-out data (logged at every eval_every); none by default."""
+        return {}
+
+    def progress_text(self, stats: dict[str, float]) -> str:
+        """The progress bar's statistics for one step's `stats`."""
+        return f"loss {stats['loss']:.4f}"
+
+    def write_artifacts(self, run_dir) -> None:
+        """Write whatever the last step produced for the run directory (debug images); none by default."""
+
+    def training_state(self) -> dict:
+        """Optimiser/scheduler/RNG state needed to resume exactly (tensors and plain values only)."""
+        raise NotImplementedError
+
+    def load_training_state(self, state: dict) -> None:
+        raise NotImplementedError
+
+
+class Method(Trainable):
+    """A trainable scene representation, fitted to a Scene's training views.
+
+    Everything trainable lives on `self.device`; the Scene itself stays on the CPU.
+    """
+
+    debug_image: torch.Tensor | None = None  # [H, W, 3] in [0, 1]: the latest debugging view, shown by the viewer
+
+    def __init__(self, config: TrainConfig, scene: Scene, device: torch.device | str | None = None) -> None:
+        super().__init__(config, device)
+        self.scene = scene
         train = scene.split("train")
         self.train_images = scene.images[train].to(self.device)  # [T, H, W, 3]
         self.train_K, self.train_c2w = scene.K[train].to(self.device), scene.c2w[train].to(self.device)  # [T, 3, 3], [T, 4, 4]
@@ -139,17 +171,21 @@ class Method(nn.Module):
         rays = make_rays(origins, directions, self.scene.near, self.scene.far, ndc_K, w, h)
         return rays, self.train_images[cam, v, u], cam
 
-    def train_step(self, step: int) -> dict[str, float]:
-        """One optimisation step; returns at least "loss", "psnr" and "rays" (or "gaussians")."""
-        raise NotImplementedError
-
     def progress_text(self, stats: dict[str, float]) -> str:
-        """The progress bar's statistics for one step's `stats`."""
         speed = f"{stats['rays_per_s']:,.0f} rays/s" if "rays_per_s" in stats else f"{stats.get('gaussians', 0):,} Gaussians"
         return f"loss {stats['loss']:.4f}  psnr {stats['psnr']:.2f}  {speed}"
 
-    def write_artifacts(self, run_dir) -> None:
-        """Write whatever the last step produced for the run directory (debug images); none by default."""
+    @torch.no_grad()
+    def validation_metrics(self) -> dict[str, float]:
+        """PSNR on the first `eval_views` validation views (test views when there is no val split)."""
+        split = "val" if len(self.scene.splits.get("val", [])) else "test"
+        views = self.scene.split(split)[: self.config.eval_views].tolist()
+        if not views:
+            return {}
+        self.eval()
+        scene = self.scene
+        values = [float(psnr(self.render_view(scene.K[i], scene.c2w[i], scene.width, scene.height)["rgb"].cpu(), scene.images[i])) for i in views]
+        return {f"{split}_psnr": round(sum(values) / len(values), 4)}
 
     @torch.no_grad()
     def render_view(self, K: torch.Tensor, c2w: torch.Tensor, width: int, height: int) -> dict[str, torch.Tensor]:
@@ -163,10 +199,3 @@ class Method(nn.Module):
         depth = torch.cat([c["depth"] for c in chunks]).view(height, width)
         opacity = torch.cat([c["opacity"] for c in chunks]).view(height, width)
         return {"rgb": rgb.clamp(0, 1), "depth": depth, "opacity": opacity}
-
-    def training_state(self) -> dict:
-        """Optimiser/scheduler/RNG state needed to resume exactly (tensors and plain values only)."""
-        raise NotImplementedError
-
-    def load_training_state(self, state: dict) -> None:
-        raise NotImplementedError

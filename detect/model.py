@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from detect.sparse import SparseTensor, add, generative_transpose, select, strided, submanifold, with_features
+from detect.sparse import SparseTensor, add, generative_transpose, select, strided, submanifold, voxel_keys, with_features
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,8 @@ class Detector(nn.Module):
         if len(x.indices) <= self.shape.prune_top:
             return x
         fine = x.indices.long()
-        parents = _keys(torch.cat([fine[:, :1], fine[:, 1:] // 2], 1))
-        coarse_keys, order = _keys(coarser["voxels"]).sort()
+        parents = voxel_keys(torch.cat([fine[:, :1], fine[:, 1:] // 2], 1))
+        coarse_keys, order = voxel_keys(coarser["voxels"]).sort()
         where = torch.searchsorted(coarse_keys, parents).clamp_max(len(coarse_keys) - 1)
         found = coarse_keys[where] == parents
         score = torch.where(found, coarser["classes"].max(1).values.detach()[order[where]], torch.full_like(parents, -1e9, dtype=torch.float32))
@@ -108,8 +108,3 @@ class Detector(nn.Module):
             rows = torch.nonzero(x.indices[:, 0] == b).squeeze(1)
             keep[rows[score[rows].topk(min(self.shape.prune_top, len(rows))).indices]] = True
         return select(x, keep)
-
-
-def _keys(voxels: torch.Tensor) -> torch.Tensor:
-    """One int64 per voxel [M, 4] (batch, i, j, k), each below 2¹⁶."""
-    return ((voxels[:, 0] * 65536 + voxels[:, 1]) * 65536 + voxels[:, 2]) * 65536 + voxels[:, 3]

@@ -210,6 +210,16 @@ CASES = {
                                                "predictions for 1 scenes not in the val split"),
     "detect eval scores": lambda w, t: (["detect", "eval", "--pred", _break_file(t / "p.json", b'{"scene0001_00": {"boxes": [[0,0,0,1,1,1]], "labels": ["bed"], "scores": []}}'), "--data", w / "rooms"],
                                         "scene0001_00: 1 predicted boxes but 0 scores"),
+    "detect train no recon": lambda w, t: (["detect", "train", "--data", w / "rooms", "--out", t / "r"], "--recon DIR is required"),
+    "detect train not reconstructed": lambda w, t: (["detect", "train", "--recon", t, "--data", w / "rooms", "--out", t / "r"],
+                                                    "scene0000_00/export/point_cloud.ply: no reconstruction (run recon detect reconstruct first)"),
+    "detect train bad setting": lambda w, t: (["detect", "train", "--recon", t, "--data", w / "rooms", "--set", "num_points=0"], "num_points=0: out of range"),
+    "detect train milestones": lambda w, t: (["detect", "train", "--recon", t, "--data", w / "rooms", "--set", "lr_milestones=0.5,x"],
+                                             "lr_milestones='0.5,x': expected fractions of max_steps"),
+    "detect train viewer": lambda w, t: (["detect", "train", "--recon", t, "--data", w / "rooms", "--viewer"], "--viewer: a detection run is viewed once trained"),
+    "detect train resumes a splat run": lambda w, t: (["detect", "train", "--resume", "--out", _copy_run(w, t)], "a 'splat' run, not a 'detect' run"),
+    "detect eval nothing": lambda w, t: (["detect", "eval"], "give one of a detection run"),
+    "detect eval not a run": lambda w, t: (["detect", "eval", t], "config.json: not a run directory"),
 }
 
 

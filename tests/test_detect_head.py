@@ -44,6 +44,21 @@ def test_assignment_picks_the_level_then_the_most_central_locations_then_the_sma
     assert (empty[2] == -1).all()
 
 
+def test_a_box_thinner_than_the_spacing_is_assigned_as_if_grown_to_it():
+    fine = grid(0.25)  # location planes at 0.125, 0.375, ...
+    picture = torch.tensor([1.0, 1.0, 1.0, 2.0, 1.02, 2.0])  # 2 cm deep, between two planes
+    _, _, label = assign_targets([fine], picture[None], torch.tensor([11]))
+    assert (label == -1).all()  # FCAF3D's rule: no location inside, never a positive
+    centre, box, label = assign_targets([fine], picture[None], torch.tensor([11]), min_size=0.25)
+    positive = label == 11
+    assert positive.any() and torch.allclose(fine[positive][:, 1], torch.tensor(1.125))  # the plane within half the spacing
+    torch.testing.assert_close(box[positive], picture.expand(int(positive.sum()), 6))  # regression target: the true box
+    assert (centre[positive] > 0).all()
+    # boxes already thicker than min_size are assigned as before
+    big = torch.tensor([[0.6, 0.6, 0.6, 1.4, 1.4, 1.4]])
+    assert torch.equal(assign_targets([fine], big, torch.tensor([7]))[2], assign_targets([fine], big, torch.tensor([7]), min_size=0.25)[2])
+
+
 def test_losses_on_known_inputs():
     logits = torch.tensor([[0.0, 2.0], [-1.0, 0.5]])
     targets = torch.tensor([1, -1])

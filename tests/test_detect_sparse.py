@@ -5,7 +5,7 @@ import pytest
 import torch
 
 pytest.importorskip("spconv")
-from detect.sparse import add, generative_transpose, select, sparse_tensor, strided, submanifold, voxelize  # noqa: E402
+from detect.sparse import add, generative_transpose, select, sparse_tensor, strided, submanifold, unique_voxels, voxelize  # noqa: E402
 
 GRID = 6
 
@@ -89,3 +89,11 @@ def test_add_sums_over_the_union_of_voxels():
     total = add(a, b)
     got = {tuple(v): float(f) for v, f in zip(total.indices.tolist(), total.features[:, 0])}
     assert got == {(0, 1, 1, 1): 1.0, (0, 2, 2, 2): 12.0, (0, 3, 0, 1): 20.0}
+
+
+def test_unique_voxels_matches_torch_unique_over_rows():
+    voxels = torch.cat([torch.randint(0, 3, (500, 1)), torch.randint(0, 40, (500, 3))], 1)
+    voxels[-1] = torch.tensor([2, 65535, 0, 65535])
+    unique, inverse = unique_voxels(voxels)
+    expected, expected_inverse = torch.unique(voxels, dim=0, return_inverse=True)
+    assert torch.equal(unique, expected) and torch.equal(inverse, expected_inverse)

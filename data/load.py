@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from data.formats.blender import load_blender
-from data.formats.dtu import is_dtu, load_dtu
+from data.formats.dtu import dtu_scans, is_dtu, load_dtu
 from data.formats.llff import load_llff
-from data.formats.scannet import is_scannet, load_scannet
+from data.formats.scannet import is_scannet, load_scannet, scannet_scenes
 from data.scene import DataError, Scene
 
 # what a format's folder holds -> its loader, in detection order
@@ -44,3 +44,22 @@ def loader_options() -> set[str]:
 def _options(loader: Callable[..., Scene]) -> set[str]:
     params = inspect.signature(loader).parameters.values()
     return {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def scene_folders(root: str | Path, split: str) -> list[Path]:
+    """The scenes of a multi-scene root's split, each loadable by `load`: generated scenes
+    (scenes_<split>.txt, `recon data synth --scenes N`), DTU (Rectified/ + Cameras/) or ScanNet."""
+    root = Path(root)
+    listing = root / f"scenes_{split}.txt"
+    if listing.is_file():
+        names = listing.read_text().split()
+        if missing := [n for n in names if not (root / n).is_dir()]:
+            raise DataError(f"{listing}: {len(missing)} listed scenes are not in {root} (first: {missing[0]})")
+        return [root / n for n in names]
+    if (root / "Rectified").is_dir() and (root / "Cameras").is_dir():
+        return dtu_scans(root, split)
+    if (root / "scans").is_dir():
+        return scannet_scenes(root, split)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset directory not found")
+    raise DataError(f"{root}: not a multi-scene root (expected scenes_{split}.txt, DTU's Rectified/ and Cameras/, or ScanNet's scans/)")

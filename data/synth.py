@@ -99,6 +99,27 @@ def generate(
     return write_dataset(out_dir, lambda partial: _write_scene(partial, format, seed, views, res))
 
 
+def generate_scenes(out_dir: str | Path, *, scenes: int, unseen: int, format: str = DEFAULT_FORMAT, seed: int = DEFAULT_SEED,
+                    views: int = DEFAULT_VIEWS, res: int = DEFAULT_RES) -> Path:
+    """Write `scenes` synthetic scenes as ROOT/scene_XXX/ (scene k drawn from (seed, k): distinct
+    objects and layouts) and the split lists ROOT/scenes_train.txt and ROOT/scenes_test.txt, the
+    last `unseen` scenes being the test scenes, for methods that generalize across scenes."""
+    if format not in FORMATS:
+        raise DataError(f"format: expected one of {FORMATS}, got {format!r}")
+    check_counts({"scenes": (scenes, 1, 10_000), "unseen": (unseen, 0, scenes - 1), "views": (views, *VIEWS_RANGE), "res": (res, *RES_RANGE)})
+    names = [f"scene_{k:03d}" for k in range(scenes)]
+
+    def write(partial: Path) -> None:
+        for k, name in enumerate(names):
+            scene_seed = int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
+            (partial / name).mkdir()
+            _write_scene(partial / name, format, scene_seed, views, res)
+        (partial / "scenes_train.txt").write_text("".join(f"{n}\n" for n in names[: scenes - unseen]))
+        (partial / "scenes_test.txt").write_text("".join(f"{n}\n" for n in names[scenes - unseen :]))
+
+    return write_dataset(out_dir, write)
+
+
 def check_counts(counts: dict[str, tuple[int, int, int]]) -> None:
     """DataError naming the first of {name: (value, low, high)} that is not an integer in [low, high]."""
     for name, (value, low, high) in counts.items():

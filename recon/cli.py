@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--val", type=int, default=0, help="scannet: validation rooms (after the training ones)")
     synth.add_argument("--frames", type=int, default=100, help="scannet: frames per room")
     synth.add_argument("--workers", type=int, default=1, help="scannet: rooms built in parallel processes")
+    synth.add_argument("--scenes", type=int, default=1, help="blender|llff: scenes, each from its own seed, as OUT/scene_XXX/ with split lists (generalization)")
+    synth.add_argument("--unseen", type=int, default=None, help="with --scenes: the last ones are test scenes no model trains on (default a fifth, at least 1)")
 
     train = commands.add_parser("train", help="train a method on one scene")
     train.add_argument("method", help="method name, e.g. nerf")
@@ -156,8 +158,13 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
         path = generate_rooms(args.out, rooms=args.rooms, val=args.val, seed=args.seed, frames=args.frames, res=args.res or DEFAULT_RES, workers=args.workers)
         print(f"wrote {args.rooms} training and {args.val} validation rooms in ScanNet's layout to {path}")
         return
-    from data.synth import DEFAULT_RES, generate
+    from data.synth import DEFAULT_RES, generate, generate_scenes
 
+    if args.scenes != 1 or args.unseen is not None:
+        unseen = args.unseen if args.unseen is not None else max(1, args.scenes // 5)
+        path = generate_scenes(args.out, scenes=args.scenes, unseen=unseen, format=args.format, seed=args.seed, views=args.views, res=args.res or DEFAULT_RES)
+        print(f"wrote {args.scenes - unseen} training and {unseen} unseen {args.format} scenes to {path}")
+        return
     path = generate(args.out, format=args.format, seed=args.seed, views=args.views, res=args.res or DEFAULT_RES)
     print(f"wrote {args.format} scene to {path}")
 

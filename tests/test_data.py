@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from data import DataError, load
+from data import DataError, load, scene_folders
 from data.formats import drop_nonfinite_poses, load_blender, load_llff
 from data.synth import generate
 from corrupt import BLENDER_BREAKS, BLENDER_RES, BLENDER_VIEWS, LLFF_BREAKS, LLFF_RES, LLFF_VIEWS
@@ -331,3 +331,19 @@ def test_drop_nonfinite_poses_warns_and_drops():
     with pytest.warns(UserWarning, match="scannet/scene0000: dropped 1 frames"):
         keep = drop_nonfinite_poses(c2w, "scannet/scene0000")
     assert keep.tolist() == [True, True, False, True]
+
+
+def test_multi_scene_generation_distinct_scenes_and_split_lists(tmp_path):
+    from data.synth import generate_scenes
+
+    root = generate_scenes(tmp_path / "many", scenes=3, unseen=1, views=4, res=16)
+    train, test = scene_folders(root, "train"), scene_folders(root, "test")
+    assert [p.name for p in train] == ["scene_000", "scene_001"] and [p.name for p in test] == ["scene_002"]
+    objects = [json.loads((p / "recon_gt" / "objects.json").read_text()) for p in train + test]
+    assert objects[0] != objects[1] != objects[2]  # each scene its own objects and layout
+    again = generate_scenes(tmp_path / "again", scenes=2, unseen=1, views=4, res=16)
+    assert json.loads((again / "scene_001" / "recon_gt" / "objects.json").read_text()) == objects[1]  # scene k depends on (seed, k) only
+    with pytest.raises(DataError, match="unseen: expected an integer in \\[0, 2\\], got 3"):
+        generate_scenes(tmp_path / "bad", scenes=3, unseen=3)
+    with pytest.raises(DataError, match="not a multi-scene root"):
+        scene_folders(train[0], "train")

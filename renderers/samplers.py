@@ -1,7 +1,7 @@
 """Ray samplers with one interface: each returns `RaySamples`, sorted t-interval edges per ray.
 
-Dense layout `[R, S + 1]` edges → S intervals. Stratified, importance (pdf) and, later, learned
-samplers (ProNeRF's PAS) and GPF's log sampler all produce this type, so a method can swap them.
+Dense layout `[R, S + 1]` edges → S intervals. Stratified, importance (pdf), learned (ProNeRF's
+PAS) and GPF's log sampler all produce this type, so a method can swap them.
 """
 from __future__ import annotations
 
@@ -106,6 +106,48 @@ class PDFSampler:
         if self.include_input:
             new_edges, _ = torch.sort(torch.cat([edges, new_edges], dim=-1), dim=-1)
         return RaySamples(new_edges)
+
+
+def log_offsets(num_samples: int, base: float | torch.Tensor) -> torch.Tensor:
+    """GPF's sample offsets around a depth prior, sorted: ±base^k for k = 0 … ⌊N/2⌋ − 1, and 0 when N
+    is odd (N = 33, base 1.2: 0, ±1, ±1.2, …, ±15.41)."""
+    half = num_samples // 2
+    powers = torch.as_tensor(base, dtype=torch.float32) ** torch.arange(half, dtype=torch.float32)  # [h]
+    centre = torch.zeros(num_samples % 2)
+    return torch.cat([-powers.flip(0), centre, powers])
+
+
+@dataclass
+class LogSampler:
+    """GPF's nonuniform log sampling (Eq. 6): samples dense next to a per-ray depth prior d and sparser
+    away from it, at t = d + log_offsets(N, base)·scale, as N edges (N − 1 intervals).
+
+    t is z-depth here (rays have camera-frame z = 1), so a z-depth prior lands on the surface at
+    every pixel; the official code uses it as a distance along unit rays, short by d(1 − cos θ) off
+    axis. With `perturb` (training): d += U(−depth_jitter, depth_jitter)·scale per ray and base +=
+    N(0, base_std²) once per call. d is clamped to [near, far] first; edges are not clamped.
+    """
+
+    num_samples: int = 33
+    base: float = 1.2
+    scale: float = 1.0  # scene units per offset unit (DTU: 1 mm)
+    depth_jitter: float = 5.0
+    base_std: float = 0.0075
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 2 or self.base <= 1.0:
+            raise ValueError(f"LogSampler needs num_samples ≥ 2 and base > 1, got {self.num_samples}, {self.base}")
+
+    def __call__(self, rays: Rays, *, perturb: bool, depth: torch.Tensor, generator: torch.Generator | None = None) -> RaySamples:
+        assert depth.shape == (len(rays),), f"depth must be [R], got {tuple(depth.shape)}"
+        device = rays.origins.device
+        d = torch.maximum(torch.minimum(depth, rays.far), rays.near)  # [R]
+        base = self.base
+        if perturb:
+            d = d + (torch.rand(d.shape, device=device, generator=generator) * 2 - 1) * self.depth_jitter * self.scale
+            base = max(base + torch.randn(1, device=device, generator=generator).item() * self.base_std, 1.0 + 1e-3)
+        offsets = log_offsets(self.num_samples, base).to(device) * self.scale  # [N]
+        return RaySamples(d[:, None] + offsets[None, :])
 
 
 def _jitter_edges(s: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from renderers.cameras import Rays, image_rays, look_at, make_rays, orbit_path, pixel_rays, project, to_ndc
-from renderers.samplers import PDFSampler, RaySamples, StratifiedSampler
+from renderers.samplers import LogSampler, PDFSampler, RaySamples, StratifiedSampler, log_offsets
 from renderers.volume import composite, render_weights, render_weights_from_alpha, render_weights_reference
 
 
@@ -209,3 +209,31 @@ def test_weights_from_alpha_match_the_closed_form():
         [1.0, 0.0, 0.0, 0.0],
     ])
     torch.testing.assert_close(render_weights_from_alpha(alphas), expected)
+
+
+def test_log_offsets_of_gpf():
+    offsets = log_offsets(33, 1.2)
+    assert len(offsets) == 33 and offsets[16] == 0 and torch.equal(offsets, -offsets.flip(0))
+    assert offsets[17] == 1 and abs(float(offsets[-1]) - 15.407) < 1e-3  # ±1 … ±15.41
+    gaps = offsets.diff()
+    assert abs(float(gaps[17]) - 0.2) < 1e-5 and abs(float(gaps[-1]) - 2.568) < 1e-3 and float(gaps[16]) == 1.0  # the gap of 1 at the centre
+    even = log_offsets(16, 1.16)
+    assert len(even) == 16 and (even != 0).all() and float(even[8]) == 1.0
+
+
+def test_log_sampler_places_samples_around_the_z_depth_prior():
+    K = torch.tensor([[20.0, 0, 16], [0, 20.0, 16], [0, 0, 1]])
+    u, v = torch.tensor([0, 16, 31]), torch.tensor([0, 16, 5])
+    origins, directions = pixel_rays(K, torch.eye(4), u, v)
+    rays = make_rays(origins, directions, 2.0, 10.0)
+    prior = torch.tensor([5.0, 12.0, 1.0])  # the last two outside [near, far]: clamped
+    sampler = LogSampler(num_samples=33, base=1.2, scale=0.01)
+    samples = sampler(rays, perturb=False, depth=prior)
+    assert samples.edges.shape == (3, 33) and (samples.edges.diff(dim=1) > 0).all()
+    centre = samples.edges[:, 16]
+    torch.testing.assert_close(centre, torch.tensor([5.0, 10.0, 2.0]))
+    points = origins + directions * centre[:, None]
+    torch.testing.assert_close(points[:, 2], centre)  # z-depth: the corner pixel's centre sample lies on the prior's plane
+    g = torch.Generator().manual_seed(0)
+    jittered = sampler(rays, perturb=True, depth=prior, generator=g)
+    assert ((jittered.edges[:, 16] - centre).abs() <= 0.05 + 1e-6).all() and not torch.equal(jittered.edges, samples.edges)

@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="render the test split of a run (or a 3DGS .ply) and write PSNR/SSIM/LPIPS")
     evaluate.add_argument("run_dir", type=Path, help="run directory, or a 3DGS .ply file (then --data is needed)")
-    evaluate.add_argument("--data", type=Path, default=None, help="dataset to evaluate a .ply file on")
+    evaluate.add_argument("--data", type=Path, default=None, help="dataset to evaluate a .ply file on, or an unseen scene for a generalizing run (gpf)")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--max-views", type=int, default=None)
 
@@ -231,10 +231,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         if args.data is None:
             raise ValueError("--data DIR is required (the dataset to train on)")
         info |= {"data": str(args.data.resolve()), "data_options": {"downscale": args.downscale, **_data_options(args.data_option)}}
-    scene = method_cls.load_scene(config, info)
-    run_dir = args.out or default_run_dir(method_cls.name, scene.name)
     torch.manual_seed(config.seed)
-    _train(args, method_cls(config, scene, device=args.device), run_dir, info)
+    method = method_cls.create(config, info, device=args.device, training=True)
+    run_dir = args.out or default_run_dir(method_cls.name, method.scene.name)
+    _train(args, method, run_dir, info)
 
 
 def cmd_dream(args: argparse.Namespace) -> None:
@@ -368,8 +368,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         method, label, out_dir = Splat.from_ply(args.run_dir, data.load(args.data), args.device), str(args.run_dir), args.run_dir.with_suffix("") / "eval"
     else:
         _refuse_detection_run(args.run_dir, "its indoor AP: recon detect eval RUN")
-        method, info = open_run(args.run_dir, args.device)
-        label, out_dir = f"{info['method']} step {info['step']}", args.run_dir / "eval"
+        method, info = open_run(args.run_dir, args.device, args.data)
+        label, out_dir = f"{info['method']} step {info['step']}", args.run_dir / "eval" / (method.scene.name if args.data else "")
         if info["method"] == "dream" and not method.config.oracle:
             raise ValueError(f"{args.run_dir}: a text-to-3D run has no ground truth to score unless it dreamed on an --oracle (its CLIP score is in eval/clip.json)")
     results = evaluate(method, out_dir, args.split, args.max_views)

@@ -85,17 +85,19 @@ def run_method_name(run_dir: Path) -> str | None:
     return method if isinstance(method, str) else None
 
 
-def open_run(run_dir: Path, device: torch.device | str | None = None) -> tuple[Method, dict]:
+def open_run(run_dir: Path, device: torch.device | str | None = None, data: Path | None = None) -> tuple[Method, dict]:
     """Rebuild the method of a finished (or running) run from its config and latest checkpoint
-    (on `device`; default CUDA when present)."""
+    (on `device`; default CUDA when present); a generalizing method renders `data` when given."""
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
     method_cls = find_method(info["method"])
+    if data is not None and not method_cls.generalizes:
+        raise ValueError(f"--data {data}: a {info['method']} run renders the scene it was trained on (gpf renders unseen scenes)")
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint in this run")
     config = config_from_dict(method_cls.Config, info["config"])
-    method = method_cls(config, method_cls.load_scene(config, info), device=device)
+    method = method_cls.create(config, {**info, **({"eval_data": str(Path(data).resolve())} if data is not None else {})}, device=device)
     state = restore(method, checkpoint, training=False)
     method.eval()
     return method, {**info, "step": state["step"], "checkpoint": str(checkpoint)}

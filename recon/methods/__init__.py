@@ -6,11 +6,12 @@ from recon.methods.base import Method
 
 def method_registry() -> dict[str, type[Method]]:
     from recon.methods.dreamer import Dreamer
+    from recon.methods.gpf import GPF
     from recon.methods.nerf import Nerf
     from recon.methods.pronerf import Pronerf
     from recon.methods.splat import Splat
 
-    return {Nerf.name: Nerf, Pronerf.name: Pronerf, Splat.name: Splat, Dreamer.name: Dreamer}
+    return {Nerf.name: Nerf, Pronerf.name: Pronerf, Splat.name: Splat, Dreamer.name: Dreamer, GPF.name: GPF}
 
 
 def find_method(name: str) -> type[Method]:

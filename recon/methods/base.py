@@ -152,6 +152,13 @@ class Method(Trainable):
         self.train_images = scene.images[train].to(self.device)  # [T, H, W, 3]
         self.train_K, self.train_c2w = scene.K[train].to(self.device), scene.c2w[train].to(self.device)  # [T, 3, 3], [T, 4, 4]
 
+    generalizes: ClassVar[bool] = False  # renders scenes it was not trained on (`recon eval RUN --data SCENE`)
+
+    @classmethod
+    def create(cls, config: TrainConfig, info: dict, device: torch.device | str | None = None, *, training: bool = False) -> "Method":
+        """The method of a run from its config.json `info`, to train (`training`) or to render."""
+        return cls(config, cls.load_scene(config, info), device=device)
+
     @classmethod
     def load_scene(cls, config: TrainConfig, info: dict) -> Scene:
         """The scene of a run, from its config.json `info` (a dataset path for most methods)."""

@@ -1,4 +1,4 @@
-"""`recon` command line: data synth | train | dream | detect reconstruct|train|eval | eval | render | view | export.
+"""`recon` command line: data synth | train | gpf edit | dream | detect reconstruct|train|eval | eval | render | view | export.
 
 Errors a user can fix (bad paths, malformed data, wrong checkpoints, unknown settings) end in one
 line naming the file or argument, and exit status 2.
@@ -40,7 +40,19 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--downscale", type=int, default=1, help="image downscale factor")
     train.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                        help="a loader option, e.g. max_frames=100, frame_step=10, width=320, holdout=0 (ScanNet)")
+    train.add_argument("--finetune", type=Path, default=None, metavar="RUN",
+                       help="gpf: finetune the generalizable RUN on the scene --data (its per-point features and positions become parameters; 1000 steps unless --max-steps)")
     _add_run_options(train)
+
+    gpf_cmd = commands.add_parser("gpf", help="GPF tools").add_subparsers(dest="gpf_command", required=True)
+    edit = gpf_cmd.add_parser("edit", help="edit a scene's points (delete, move, duplicate objects) and render the result")
+    edit.add_argument("run_dir", type=Path, help="a gpf run (generalizable or finetuned)")
+    edit.add_argument("--data", type=Path, default=None, help="the scene to edit (default: the run's own render scene)")
+    edit.add_argument("--delete", action="append", default=[], metavar="I", help="an instance id, or box:x0,y0,z0,x1,y1,z1")
+    edit.add_argument("--move", action="append", nargs=4, default=[], metavar=("I", "DX", "DY", "DZ"))
+    edit.add_argument("--duplicate", action="append", nargs=4, default=[], metavar=("I", "DX", "DY", "DZ"))
+    edit.add_argument("--frames", type=int, default=60, help="orbit frames of the edited scene")
+    edit.add_argument("--out", type=Path, default=None, help="output directory (default RUN/edit/<scene>)")
 
     dream = commands.add_parser("dream", help="text-to-3D: Gaussians from a prompt by score distillation (StableDreamer)")
     dream.add_argument("prompt", nargs="?", default=None, help="what to make, e.g. \"a ceramic teapot\" (a resumed run keeps its own)")
@@ -185,6 +197,10 @@ def _run_config(args: argparse.Namespace, method_cls, overrides: dict[str, str])
             raise ValueError("--resume: --out must name the run to continue")
         info = read_run_info(args.out, method_cls)
         return apply_overrides(config_from_dict(method_cls.Config, info["config"]), overrides), info
+    if getattr(args, "finetune", None) is not None:
+        base = read_run_info(args.finetune, method_cls)
+        base_config = config_from_dict(method_cls.Config, base["config"])
+        return apply_overrides(base_config, overrides), {"method": method_cls.name, "preset": f"finetune of {base['preset']}"}
     return apply_overrides(preset_config(method_cls, args.preset), overrides), {"method": method_cls.name, "preset": args.preset}
 
 
@@ -222,6 +238,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     if method_cls.name == "dream":
         raise ValueError("dream: text-to-3D trains from a prompt, not a dataset: recon dream \"PROMPT\" --if DIR --sd DIR")
     overrides = _overrides(args.set)
+    if args.finetune is not None and not args.resume:
+        if not method_cls.generalizes:
+            raise ValueError(f"--finetune: {method_cls.name} trains per scene already (gpf finetunes a generalizable run)")
+        overrides = {"max_steps": "1000", **overrides, "finetune_from": str(args.finetune.resolve())}
     if args.samples is not None:
         if "num_samples" not in {f.name for f in fields(method_cls.Config)}:
             raise ValueError(f"--samples: method {method_cls.name!r} has no sample-count setting (pronerf has)")
@@ -355,6 +375,38 @@ def cmd_detect_eval(args: argparse.Namespace) -> None:
     print(f"-> {out}")
 
 
+def cmd_gpf_edit(args: argparse.Namespace) -> None:
+    from recon.evaluate import render_path, write_png
+    from recon.io import write_json
+    from recon.runs import open_run
+
+    def offset(values: list[str], flag: str) -> tuple[str, tuple[float, float, float]]:
+        try:
+            return values[0], (float(values[1]), float(values[2]), float(values[3]))
+        except ValueError:
+            raise ValueError(f"{flag} {' '.join(values)}: expected I DX DY DZ with numbers") from None
+
+    moves, duplicates = [offset(m, "--move") for m in args.move], [offset(d, "--duplicate") for d in args.duplicate]
+    if not (args.delete or moves or duplicates):
+        raise ValueError("nothing to edit: give --delete, --move or --duplicate")
+    method, info = open_run(args.run_dir, args.device, args.data)
+    if info["method"] != "gpf":
+        raise ValueError(f"{args.run_dir}: a {info['method']} run; point edits need a gpf run")
+    scene = method.scene
+    out = args.out or args.run_dir / "edit" / scene.name
+    view = int(scene.split("test")[0]) if len(scene.split("test")) else 0
+    if not method.deployed:
+        method.deploy()
+    write_png(out / "before.png", method.render_view(scene.K[view], scene.c2w[view], scene.width, scene.height)["rgb"])
+    counts = method.edit(args.delete, moves, duplicates)
+    write_png(out / "after.png", method.render_view(scene.K[view], scene.c2w[view], scene.width, scene.height)["rgb"])
+    video = render_path(method, out, "orbit", args.frames, 30)
+    write_json(out / "edit.json", {"run": str(args.run_dir), "scene": scene.name, "view": view, "delete": args.delete,
+                                   "move": [list(m) for m in moves], "duplicate": [list(d) for d in duplicates], **counts})
+    print(f"{counts['deleted']} points deleted, {counts['moved']} moved, {counts['duplicated']} duplicated; "
+          f"{out / 'before.png'}, {out / 'after.png'} and {video}")
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from recon.evaluate import evaluate
     from recon.runs import open_run
@@ -466,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    handlers = {"data": cmd_data_synth, "train": cmd_train, "dream": cmd_dream, "detect": cmd_detect, "eval": cmd_eval, "render": cmd_render, "view": cmd_view, "export": cmd_export}
+    handlers = {"data": cmd_data_synth, "train": cmd_train, "gpf": cmd_gpf_edit, "dream": cmd_dream, "detect": cmd_detect, "eval": cmd_eval, "render": cmd_render, "view": cmd_view, "export": cmd_export}
     shown = warnings.showwarning
     warnings.showwarning = _show_warning
     try:

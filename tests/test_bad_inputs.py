@@ -218,6 +218,11 @@ CASES = {
                                              "lr_milestones='0.5,x': expected fractions of max_steps"),
     "detect train viewer": lambda w, t: (["detect", "train", "--recon", t, "--data", w / "rooms", "--viewer"], "--viewer: a detection run is viewed once trained"),
     "detect train resumes a splat run": lambda w, t: (["detect", "train", "--resume", "--out", _copy_run(w, t)], "a 'splat' run, not a 'detect' run"),
+    "gpf finetunes a splat run": lambda w, t: (["train", "gpf", "--finetune", _copy_run(w, t), "--data", w / "scene"], "a 'splat' run, not a 'gpf' run"),
+    "nerf finetune": lambda w, t: (["train", "nerf", "--finetune", t, "--data", w / "scene"], "--finetune: nerf trains per scene already"),
+    "gpf edit nothing": lambda w, t: (["gpf", "edit", _copy_run(w, t)], "nothing to edit: give --delete, --move or --duplicate"),
+    "gpf edit bad offset": lambda w, t: (["gpf", "edit", _copy_run(w, t), "--move", "1", "0", "x", "0"], "--move 1 0 x 0: expected I DX DY DZ"),
+    "eval another scene with splat": lambda w, t: (["eval", _copy_run(w, t), "--data", w / "scene"], "renders the scene it was trained on"),
     "detect eval nothing": lambda w, t: (["detect", "eval"], "give one of a detection run"),
     "detect eval not a run": lambda w, t: (["detect", "eval", t], "config.json: not a run directory"),
 }

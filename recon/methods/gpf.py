@@ -16,7 +16,9 @@ Deliberate differences from the official code (Mercerai/GPF):
 - Neighbours come from open3d's KNN on the CPU (FRNN with a radius in the official code; its −1
   indices for missing neighbours cannot occur here); visibility scores are clamped at 0.
 - Every length (offsets, jitter, voxel size, outlier radius, the relative encoding's scale) is in
-  multiples of `unit` (DTU: 1 mm; the `synthetic` preset: 0.02 for the generated scenes).
+  multiples of `unit` (DTU: 1 mm; the `synthetic` preset: 0.02 for the generated scenes). The
+  outlier radius is at least 2.5 × the fused points' median spacing, so clouds fused from small
+  images are not emptied by a radius made for DTU's 640×512 views.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ class GPFConfig(TrainConfig):
         "num_sources": COUNT, "top_k": COUNT, "min_visibility": FRACTION, "neighbours": COUNT, "num_samples": Between(2), "log_base": Between(1, open="low"),
         "unit": POSITIVE, "depth_jitter": NON_NEGATIVE, "base_std": NON_NEGATIVE, "batch_rays": COUNT, "lr": POSITIVE, "mask_weight": NON_NEGATIVE,
         "hidden": COUNT, "fuse_neighbours": COUNT, "fuse_consistent": COUNT, "voxel_size": NON_NEGATIVE, "outlier_radius": NON_NEGATIVE,
-        "outlier_neighbours": NON_NEGATIVE, "chunk": COUNT,
+        "outlier_neighbours": NON_NEGATIVE, "chunk": COUNT, "finetune_lr": POSITIVE,
     }
 
     max_steps: int = 20_000
@@ -66,6 +68,8 @@ class GPFConfig(TrainConfig):
     outlier_radius: float = 1.5  # units
     outlier_neighbours: int = 4
     chunk: int = 4096  # rays per chunk when rendering views
+    finetune_from: str = ""  # a generalizable gpf run: per-scene finetuning of its model on this run's scene
+    finetune_lr: float = 0.01  # per-point features when finetuning (positions: finetune_lr × unit × 0.1)
 
 
 PRESETS = {
@@ -82,18 +86,25 @@ class PointScene:
     scene: Scene
     points: torch.Tensor
     sources: torch.Tensor
+    labels: torch.Tensor | None  # [P] instance ids of the points (0: none) when the scene has instance maps
 
     @classmethod
     def prepare(cls, scene: Scene, config: GPFConfig) -> "PointScene":
         if scene.depths is None:
             raise ValueError(f"{scene.root}: GPF needs per-view depth maps to build its point scaffold (DTU and generated scenes have them)")
         train = scene.split("train")
-        points, colours = fuse_depths(scene.depths[train], scene.images[train], scene.K[train], scene.c2w[train],
-                                      neighbours=min(config.fuse_neighbours, len(train) - 1), min_consistent=config.fuse_consistent)
-        points, _ = clean_points(points, colours, config.voxel_size * config.unit, config.outlier_radius * config.unit, config.outlier_neighbours)
+        ids = scene.instance_ids[train].float()[..., None].expand(-1, -1, -1, 3) if scene.instance_ids is not None else scene.images[train]
+        fused, fused_ids = fuse_depths(scene.depths[train], ids, scene.K[train], scene.c2w[train],
+                                       neighbours=min(config.fuse_neighbours, len(train) - 1), min_consistent=config.fuse_consistent)
+        spacing = float(knn(fused, fused, 2)[1][:, 1].median()) if len(fused) > 1 else 0.0  # the fused points' typical spacing
+        radius = max(config.outlier_radius * config.unit, 2.5 * spacing)  # sparse clouds (small images) keep their points
+        points, _ = clean_points(fused, torch.zeros_like(fused), config.voxel_size * config.unit, radius, config.outlier_neighbours)
         if len(points) < config.neighbours:
             raise ValueError(f"{scene.root}: only {len(points)} scaffold points survive fusion (need ≥ {config.neighbours}); are the depth maps consistent?")
-        return cls(scene, points, train)
+        labels = None
+        if scene.instance_ids is not None:  # each downsampled point takes the instance of its nearest fused point
+            labels = fused_ids[knn(points, fused, 1)[0][:, 0], 0].round().long()
+        return cls(scene, points, train, labels)
 
     def nearest_sources(self, c2w: torch.Tensor, count: int, exclude: int | None = None) -> torch.Tensor:
         """View indices [≤ count] of the source views nearest to a camera (never `exclude`)."""
@@ -117,8 +128,37 @@ class GPF(Method):
         self.decoder = KernelDecoder(config.hidden)
         self.to(self.device)
         self.sampler = LogSampler(config.num_samples, config.log_base, config.unit, config.depth_jitter, config.base_std)
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=config.lr)
+        self.deployed = False
+        if config.finetune_from:
+            self.deploy()
+        self.optimizer = torch.optim.Adam(self._parameter_groups(), lr=config.lr)
         self.generator = torch.Generator().manual_seed(config.seed)
+
+    def _parameter_groups(self) -> list[dict]:
+        if not self.deployed:
+            return [{"params": list(self.parameters())}]
+        per_point = {"point_low", "point_high"}
+        c = self.config
+        return [{"params": [p for n, p in self.named_parameters() if n not in per_point | {"point_positions"}]},
+                {"params": [self.point_low, self.point_high], "lr": c.finetune_lr},
+                {"params": [self.point_positions], "lr": c.finetune_lr * c.unit * 0.1}]
+
+    @torch.no_grad()
+    def deploy(self) -> None:
+        """The card's `deploy`: the render scene's per-point features (from all its training views),
+        their validity and the point positions become this model's own parameters, so finetuning
+        optimises them for the scene and edits can move, delete and copy points with their features."""
+        ps = self.render_scene
+        views = ps.sources
+        low, high = zip(*(self.features(ps.scene.images[v : v + 1].permute(0, 3, 1, 2).to(self.device)) for v in views.tolist()))
+        points = ps.points.to(self.device)
+        f_low, f_high, valid = self.points(points, torch.cat(low), torch.cat(high), ps.scene.depths[views].to(self.device),
+                                           ps.scene.K[views].to(self.device), ps.scene.c2w[views].to(self.device))
+        self.point_positions = torch.nn.Parameter(points.clone())
+        self.point_low, self.point_high = torch.nn.Parameter(f_low), torch.nn.Parameter(f_high)
+        self.register_buffer("point_valid", valid)
+        self.register_buffer("point_labels", ps.labels.to(self.device) if ps.labels is not None else torch.zeros(len(points), dtype=torch.long, device=self.device))
+        self.deployed = True
 
     @classmethod
     def create(cls, config: GPFConfig, info: dict, device=None, *, training: bool = False) -> "GPF":
@@ -135,11 +175,89 @@ class GPF(Method):
         load = lambda path: data.load(path, **options)  # noqa: E731
         render = info.get("eval_data") or (test_folders[0] if test_folders else (train_folders[0] if train_folders else root))
         training_scenes = [load(p) for p in train_folders] if (training and train_folders) else None
+        if config.finetune_from and training:
+            return cls.finetuned(config, load(render), device)
         return cls(config, load(render), device=device, training_scenes=training_scenes)
+
+    @classmethod
+    def finetuned(cls, config: GPFConfig, scene: Scene, device=None) -> "GPF":
+        """A new finetuning run: the generalizable run's latest weights, deployed on `scene`."""
+        from dataclasses import replace
+
+        from recon.io import CheckpointError, load_checkpoint
+        from recon.runs import read_run_info
+        from recon.trainer import latest_checkpoint
+
+        base = read_run_info(config.finetune_from, cls)
+        checkpoint = latest_checkpoint(config.finetune_from)
+        if checkpoint is None or base["config"].get("finetune_from"):
+            raise CheckpointError(f"--finetune {config.finetune_from}: needs a generalizable gpf run with a checkpoint")
+        method = cls(replace(config, finetune_from=""), scene, device=device)
+        method.load_state_dict(load_checkpoint(checkpoint)["model"])
+        method.config = config
+        method.deploy()
+        method.optimizer = torch.optim.Adam(method._parameter_groups(), lr=config.lr)
+        return method
+
+    def select(self, target: str) -> torch.Tensor:
+        """[P] mask of the deployed points an edit names: an instance id ("3"), or the points inside
+        a box ("box:x0,y0,z0,x1,y1,z1", world units)."""
+        assert self.deployed, "edits need deployed points (GPF.deploy)"
+        if target.startswith("box:"):
+            try:
+                corners = torch.tensor([float(v) for v in target[4:].split(",")], device=self.device)
+                assert len(corners) == 6
+            except (ValueError, AssertionError):
+                raise ValueError(f"{target}: expected box:x0,y0,z0,x1,y1,z1") from None
+            return ((self.point_positions >= corners[:3]) & (self.point_positions <= corners[3:])).all(-1)
+        try:
+            instance = int(target)
+        except ValueError:
+            raise ValueError(f"{target}: expected an instance id or box:x0,y0,z0,x1,y1,z1") from None
+        chosen = self.point_labels == instance
+        if instance <= 0 or not chosen.any():
+            present = sorted(set(self.point_labels.unique().tolist()) - {0})
+            raise ValueError(f"{target}: no object with this instance id in the scene (ids: {', '.join(map(str, present)) or 'none, use a box'})")
+        return chosen
+
+    @torch.no_grad()
+    def edit(self, deletes: list[str], moves: list[tuple[str, tuple[float, float, float]]], duplicates: list[tuple[str, tuple[float, float, float]]]) -> dict[str, int]:
+        """Delete, move (by an offset) and duplicate (at an offset) selected points with their
+        features, in that order; returns how many points each kind of edit touched."""
+        if not self.deployed:
+            self.deploy()
+        counts = {"deleted": 0, "moved": 0, "duplicated": 0}
+        keep = torch.ones(len(self.point_positions), dtype=torch.bool, device=self.device)
+        for target in deletes:
+            chosen = self.select(target)
+            keep &= ~chosen
+            counts["deleted"] += int(chosen.sum())
+        self._set_points(keep, None)
+        for target, offset in moves:
+            chosen = self.select(target)
+            self.point_positions[chosen] += torch.tensor(offset, device=self.device)
+            counts["moved"] += int(chosen.sum())
+        for target, offset in duplicates:
+            chosen = self.select(target)
+            self._set_points(torch.ones_like(chosen), chosen, torch.tensor(offset, device=self.device))
+            counts["duplicated"] += int(chosen.sum())
+        return counts
+
+    def _set_points(self, keep: torch.Tensor, copy: torch.Tensor | None, offset: torch.Tensor | None = None) -> None:
+        """Keep the points in `keep`, then append copies of those in `copy` moved by `offset`."""
+        def updated(values: torch.Tensor, moved: bool = False) -> torch.Tensor:
+            extra = values[copy] + offset if (copy is not None and moved) else values[copy] if copy is not None else values[:0]
+            return torch.cat([values[keep], extra])
+        self.point_positions = torch.nn.Parameter(updated(self.point_positions.data, moved=True))
+        self.point_low, self.point_high = torch.nn.Parameter(updated(self.point_low.data)), torch.nn.Parameter(updated(self.point_high.data))
+        self.point_valid, self.point_labels = updated(self.point_valid), updated(self.point_labels)
 
     # ---- rendering ---------------------------------------------------------------------------
     def _context(self, ps: PointScene, c2w: torch.Tensor, exclude: int | None) -> dict:
-        """Source features and cameras for rendering `ps` from a camera at c2w [4, 4]."""
+        """Source features and cameras for rendering `ps` from a camera at c2w [4, 4] (deployed: the
+        model's own points)."""
+        if self.deployed:
+            return {"points": self.point_positions}
         views = ps.nearest_sources(c2w.cpu(), self.config.num_sources, exclude)
         images = ps.scene.images[views].permute(0, 3, 1, 2).to(self.device)  # [S, 3, H, W]
         low, high = self.features(images)
@@ -154,7 +272,10 @@ class GPF(Method):
         flat = positions.reshape(-1, 3)
         index, _ = knn(flat, context["points"], self.config.neighbours)  # [Q, K]
         used, inverse = torch.unique(index, return_inverse=True)
-        f_low, f_high, valid = self.points(context["points"][used], context["low"], context["high"], context["depths"], context["K"], context["c2w"])
+        if self.deployed:
+            f_low, f_high, valid = self.point_low[used], self.point_high[used], self.point_valid[used]
+        else:
+            f_low, f_high, valid = self.points(context["points"][used], context["low"], context["high"], context["depths"], context["K"], context["c2w"])
         relative = relative_encoding(flat, context["points"][index], c2w, 100 * self.config.unit)
         view_dirs = rays.viewdirs[:, None].expand(r, s, 3).reshape(-1, 3)
         sigma, colour = self.decoder(relative, f_low[inverse], f_high[inverse], valid[inverse], view_dirs)
@@ -167,7 +288,7 @@ class GPF(Method):
         K, c2w = K.to(self.device), c2w.to(self.device)
         ps = self.render_scene
         context = self._context(ps, c2w, exclude=None)
-        prior = splat_depth(context["points"], K, c2w, width, height).reshape(-1)  # [H·W]
+        prior = splat_depth(context["points"].detach(), K, c2w, width, height).reshape(-1)  # [H·W]
         rays = image_rays(K, c2w, width, height, ps.scene.near, ps.scene.far)
         chunks = [self._render_rays(context, rays[i : i + self.config.chunk], prior[i : i + self.config.chunk], c2w, perturb=False)
                   for i in range(0, len(rays), self.config.chunk)]
@@ -183,7 +304,7 @@ class GPF(Method):
         context = self._context(ps, c2w, exclude=target)
         u = torch.randint(0, scene.width, (self.config.batch_rays,), generator=g)
         v = torch.randint(0, scene.height, (self.config.batch_rays,), generator=g)
-        prior = splat_depth(context["points"], K, c2w, scene.width, scene.height)[v.to(self.device), u.to(self.device)]
+        prior = splat_depth(context["points"].detach(), K, c2w, scene.width, scene.height)[v.to(self.device), u.to(self.device)]
         origins, directions = pixel_rays(K, c2w, u.to(self.device).float(), v.to(self.device).float())
         rays = make_rays(origins, directions, scene.near, scene.far)
         out = self._render_rays(context, rays, prior, c2w, perturb=True)

@@ -120,7 +120,9 @@ def log_offsets(num_samples: int, base: float | torch.Tensor) -> torch.Tensor:
 @dataclass
 class LogSampler:
     """GPF's nonuniform log sampling (Eq. 6): samples dense next to a per-ray depth prior d and sparser
-    away from it, at t = d + log_offsets(N, base)·scale, as N edges (N − 1 intervals).
+    away from it, at t = d + log_offsets(N, base)·scale, as N edges (N − 1 intervals). With
+    `spacing="linear"` the N edges are even over the same span instead (the official code's
+    `surface_sampling`, ±25 units: set `half_width`), for ablations at equal samples per ray.
 
     t is z-depth here (rays have camera-frame z = 1), so a z-depth prior lands on the surface at
     every pixel; the official code uses it as a distance along unit rays, short by d(1 − cos θ) off
@@ -133,10 +135,12 @@ class LogSampler:
     scale: float = 1.0  # scene units per offset unit (DTU: 1 mm)
     depth_jitter: float = 5.0
     base_std: float = 0.0075
+    spacing: str = "log"
+    half_width: float = 25.0  # linear spacing: edges over d ± half_width units
 
     def __post_init__(self) -> None:
-        if self.num_samples < 2 or self.base <= 1.0:
-            raise ValueError(f"LogSampler needs num_samples ≥ 2 and base > 1, got {self.num_samples}, {self.base}")
+        if self.num_samples < 2 or self.base <= 1.0 or self.spacing not in ("log", "linear"):
+            raise ValueError(f"LogSampler needs num_samples ≥ 2, base > 1 and spacing log|linear, got {self.num_samples}, {self.base}, {self.spacing!r}")
 
     def __call__(self, rays: Rays, *, perturb: bool, depth: torch.Tensor, generator: torch.Generator | None = None) -> RaySamples:
         assert depth.shape == (len(rays),), f"depth must be [R], got {tuple(depth.shape)}"
@@ -146,8 +150,11 @@ class LogSampler:
         if perturb:
             d = d + (torch.rand(d.shape, device=device, generator=generator) * 2 - 1) * self.depth_jitter * self.scale
             base = max(base + torch.randn(1, device=device, generator=generator).item() * self.base_std, 1.0 + 1e-3)
-        offsets = log_offsets(self.num_samples, base).to(device) * self.scale  # [N]
-        return RaySamples(d[:, None] + offsets[None, :])
+        if self.spacing == "log":
+            offsets = log_offsets(self.num_samples, base)
+        else:
+            offsets = torch.linspace(-self.half_width, self.half_width, self.num_samples)
+        return RaySamples(d[:, None] + offsets.to(device)[None, :] * self.scale)
 
 
 def _jitter_edges(s: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -237,3 +237,10 @@ def test_log_sampler_places_samples_around_the_z_depth_prior():
     g = torch.Generator().manual_seed(0)
     jittered = sampler(rays, perturb=True, depth=prior, generator=g)
     assert ((jittered.edges[:, 16] - centre).abs() <= 0.05 + 1e-6).all() and not torch.equal(jittered.edges, samples.edges)
+
+
+def test_surface_spacing_spans_the_same_prior_evenly():
+    origins, directions = pixel_rays(torch.tensor([[10.0, 0, 5], [0, 10.0, 5], [0, 0, 1]]), torch.eye(4), torch.tensor([2]), torch.tensor([3]))
+    rays = make_rays(origins, directions, 1.0, 9.0)
+    edges = LogSampler(num_samples=11, spacing="linear", half_width=25.0, scale=0.01)(rays, perturb=False, depth=torch.tensor([4.0])).edges
+    torch.testing.assert_close(edges[0], torch.linspace(3.75, 4.25, 11))

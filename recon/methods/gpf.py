@@ -33,7 +33,7 @@ from recon.fields.point_field import FeatureNet, KernelDecoder, PointFeatures, r
 from recon.methods.base import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Between, Method, TrainConfig
 from renderers.cameras import Rays, image_rays, make_rays, pixel_rays
 from renderers.points import clean_points, fuse_depths, knn, splat_depth
-from renderers.samplers import LogSampler
+from renderers.samplers import LogSampler, StratifiedSampler
 from renderers.volume import composite, render_weights
 
 
@@ -43,7 +43,7 @@ class GPFConfig(TrainConfig):
         "num_sources": COUNT, "top_k": COUNT, "min_visibility": FRACTION, "neighbours": COUNT, "num_samples": Between(2), "log_base": Between(1, open="low"),
         "unit": POSITIVE, "depth_jitter": NON_NEGATIVE, "base_std": NON_NEGATIVE, "batch_rays": COUNT, "lr": POSITIVE, "mask_weight": NON_NEGATIVE,
         "hidden": COUNT, "fuse_neighbours": COUNT, "fuse_consistent": COUNT, "voxel_size": NON_NEGATIVE, "outlier_radius": NON_NEGATIVE,
-        "outlier_neighbours": NON_NEGATIVE, "chunk": COUNT, "finetune_lr": POSITIVE,
+        "outlier_neighbours": NON_NEGATIVE, "chunk": COUNT, "finetune_lr": POSITIVE, "sampling": ("log", "surface", "uniform"),
     }
 
     max_steps: int = 20_000
@@ -68,6 +68,7 @@ class GPFConfig(TrainConfig):
     outlier_radius: float = 1.5  # units
     outlier_neighbours: int = 4
     chunk: int = 4096  # rays per chunk when rendering views
+    sampling: str = "log"  # log (GPF), surface (even over prior ± 25 units) or uniform (even over near…far): the ablation
     finetune_from: str = ""  # a generalizable gpf run: per-scene finetuning of its model on this run's scene
     finetune_lr: float = 0.01  # per-point features when finetuning (positions: finetune_lr × unit × 0.1)
 
@@ -127,7 +128,9 @@ class GPF(Method):
         self.points = PointFeatures(config.hidden, config.top_k, config.min_visibility)
         self.decoder = KernelDecoder(config.hidden)
         self.to(self.device)
-        self.sampler = LogSampler(config.num_samples, config.log_base, config.unit, config.depth_jitter, config.base_std)
+        self.sampler = LogSampler(config.num_samples, config.log_base, config.unit, config.depth_jitter, config.base_std,
+                                  spacing="log" if config.sampling == "log" else "linear")
+        self.uniform = StratifiedSampler(config.num_samples - 1)
         self.deployed = False
         if config.finetune_from:
             self.deploy()
@@ -266,7 +269,11 @@ class GPF(Method):
 
     def _render_rays(self, context: dict, rays: Rays, prior: torch.Tensor, c2w: torch.Tensor, perturb: bool) -> dict[str, torch.Tensor]:
         """rgb [R, 3], opacity [R, 1], depth [R, 1] of rays [R] with depth priors [R]."""
-        samples = self.sampler(rays, perturb=perturb, depth=prior, generator=self.generator if perturb else None)
+        generator = self.generator if perturb else None
+        if self.config.sampling == "uniform":
+            samples = self.uniform(rays, perturb=perturb, generator=generator)
+        else:
+            samples = self.sampler(rays, perturb=perturb, depth=prior, generator=generator)
         positions = samples.positions(rays)  # [R, S, 3]
         r, s, _ = positions.shape
         flat = positions.reshape(-1, 3)

@@ -57,6 +57,7 @@ def test_kernel_weights_sum_to_one_over_valid_neighbours_and_a_forward_backward(
 
 # ---- the method: trained across generated scenes, rendering an unseen one ------------------------
 import json  # noqa: E402
+from dataclasses import replace  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -128,3 +129,34 @@ def test_an_edit_moves_the_objects_pixels(many_scenes, trained_run, tmp_path):
     change = torch.from_numpy(abs(after - before).mean(-1))
     assert change[new & ~old].mean() > 0.1  # the object appears where it was moved
     assert change[~(new | old)].mean() < 0.02  # elsewhere the scene stays
+
+
+def test_resume_equals_an_uninterrupted_run(many_scenes, tmp_path):
+    from recon.methods.gpf import GPF, PRESETS
+    from recon.trainer import Trainer
+
+    config = replace(PRESETS["fast"], max_steps=4, checkpoint_every=2, eval_every=4, eval_views=1, batch_rays=64)
+    info = {"method": "gpf", "preset": "fast", "data": str(many_scenes), "data_options": {}}
+
+    class Killed(GPF):
+        def train_step(self, step: int) -> dict[str, float]:
+            if step == 2:
+                raise KeyboardInterrupt  # killed after step 2's checkpoint
+            return super().train_step(step)
+
+    def trained(run_dir, kind=GPF, resume: bool = False) -> dict:
+        torch.manual_seed(0)
+        method = kind.create(config, info, device="cpu", training=True)
+        Trainer(method, run_dir, info).run(resume=resume, quiet=True)
+        return method.state_dict()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        whole = trained(tmp_path / "a")
+        with pytest.raises(KeyboardInterrupt):
+            trained(tmp_path / "b", Killed)
+        resumed = trained(tmp_path / "b", resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)

@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--duplicate", action="append", nargs=4, default=[], metavar=("I", "DX", "DY", "DZ"))
     edit.add_argument("--frames", type=int, default=60, help="orbit frames of the edited scene")
     edit.add_argument("--out", type=Path, default=None, help="output directory (default RUN/edit/<scene>)")
+    edit.add_argument("--view", action="store_true", help="then serve the edited scene in the viewer (until Ctrl-C)")
+    edit.add_argument("--port", type=int, default=8080)
 
     dream = commands.add_parser("dream", help="text-to-3D: Gaussians from a prompt by score distillation (StableDreamer)")
     dream.add_argument("prompt", nargs="?", default=None, help="what to make, e.g. \"a ceramic teapot\" (a resumed run keeps its own)")
@@ -405,6 +407,12 @@ def cmd_gpf_edit(args: argparse.Namespace) -> None:
                                    "move": [list(m) for m in moves], "duplicate": [list(d) for d in duplicates], **counts})
     print(f"{counts['deleted']} points deleted, {counts['moved']} moved, {counts['duplicated']} duplicated; "
           f"{out / 'before.png'}, {out / 'after.png'} and {video}")
+    if args.view:
+        from viewer import Viewer
+
+        viewer = Viewer(method, port=args.port, training=False, step=info["step"])
+        print(f"viewer: {viewer.url} (the edited scene; Ctrl-C to quit)", flush=True)
+        viewer.serve_forever()
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

@@ -74,10 +74,19 @@ def clean_points(points: torch.Tensor, colours: torch.Tensor, voxel_size: float,
 
 def knn(queries: torch.Tensor, points: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices [Q, k] into points [P, 3] of each query's [Q, 3] k nearest, nearest first, and their
-    distances [Q, k] (differentiable in both inputs). The search runs in open3d's C++ on the CPU."""
+    distances [Q, k] (differentiable in both inputs). The search runs in pytorch3d's `knn_points`
+    for CUDA tensors when it is importable, else in open3d's C++ on the CPU."""
+    assert queries.shape[-1] == points.shape[-1] == 3 and len(points) >= k
+    if points.is_cuda:
+        try:
+            from pytorch3d.ops import knn_points
+        except ImportError:
+            pass
+        else:
+            index = knn_points(queries.detach()[None].float(), points.detach()[None].float(), K=k).idx[0]
+            return index, (points[index] - queries[:, None]).norm(dim=-1)
     import open3d as o3d
 
-    assert queries.shape[-1] == points.shape[-1] == 3 and len(points) >= k
     search = o3d.core.nns.NearestNeighborSearch(o3d.core.Tensor.from_numpy(points.detach().cpu().float().numpy()))
     search.knn_index()
     index, _ = search.knn_search(o3d.core.Tensor.from_numpy(queries.detach().cpu().float().contiguous().numpy()), k)

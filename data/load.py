@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from data.formats.blender import load_blender
+from data.formats.colmap import is_colmap, load_colmap
 from data.formats.dtu import dtu_scans, is_dtu, load_dtu
 from data.formats.llff import load_llff
 from data.formats.scannet import is_scannet, load_scannet, scannet_scenes
@@ -15,6 +16,7 @@ from data.scene import DataError, Scene
 FORMATS: dict[str, tuple[Callable[[Path], bool], Callable[..., Scene]]] = {
     "transforms_train.json": (lambda root: (root / "transforms_train.json").is_file(), load_blender),
     "poses_bounds.npy": (lambda root: (root / "poses_bounds.npy").is_file(), load_llff),
+    "a COLMAP scene (images/ and sparse/0/cameras.bin|txt)": (is_colmap, load_colmap),
     "a ScanNet scene (NAME/NAME.sens, color/ + pose/ + intrinsic/, or intrinsic.txt)": (is_scannet, load_scannet),
     "a DTU scan (ROOT/Rectified/scanN[_train]/ beside ROOT/Cameras/)": (is_dtu, load_dtu),
 }

@@ -41,7 +41,7 @@ if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
       --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
   fi
 fi
-EXTRAS=dev,diffusion
+EXTRAS=dev,diffusion,colmap
 if "$VENV/bin/python" -c 'import sys, torch; sys.exit(torch.version.cuda is not None)' 2>/dev/null; then
   EXTRAS=$EXTRAS,detect  # spconv's CPU build
 else

@@ -309,7 +309,7 @@ def test_llff_errors(case, llff_dir, tmp_path):
 def test_argument_and_detection_errors(tmp_path, blender_dir, llff_dir):
     with pytest.raises(DataError, match="nope: dataset directory not found"):
         load(tmp_path / "nope")
-    expected = "unknown dataset format \\(expected transforms_train.json or poses_bounds.npy or a ScanNet scene"
+    expected = "unknown dataset format \\(expected transforms_train.json or poses_bounds.npy or a COLMAP scene .* or a ScanNet scene .* or a DTU scan"
     with pytest.raises(DataError, match=expected):
         load(tmp_path)
     for bad in (0, 1.5, True, "2"):

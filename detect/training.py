@@ -172,7 +172,9 @@ class DetectionTraining(Trainable):
     def inputs(self, scene: DetectionScene, generator: torch.Generator, augment: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One scene's sampled centres [M, 3], features [M, 11] and boxes [B, 6], augmented when asked."""
         if self.config.sampling == "fps":
-            keep = self._fps.setdefault(scene.name, sample(scene, "fps", self.config.num_points, generator))
+            if scene.name not in self._fps:
+                self._fps[scene.name] = sample(scene, "fps", self.config.num_points, generator)
+            keep = self._fps[scene.name]
         else:
             keep = sample(scene, self.config.sampling, self.config.num_points, generator)
         means, features, boxes = scene.means[keep], scene.features[keep], scene.boxes

@@ -1,4 +1,4 @@
-"""`recon` command line: data synth | train | gpf edit | dream | detect reconstruct|train|eval | eval | render | view | export.
+"""`recon` command line: data synth|colmap | train | gpf edit | dream | detect reconstruct|train|eval | eval | render | view | export.
 
 Errors a user can fix (bad paths, malformed data, wrong checkpoints, unknown settings) end in one
 line naming the file or argument, and exit status 2.
@@ -32,6 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--workers", type=int, default=1, help="scannet: rooms built in parallel processes")
     synth.add_argument("--scenes", type=int, default=1, help="blender|llff: scenes, each from its own seed, as OUT/scene_XXX/ with split lists (generalization)")
     synth.add_argument("--unseen", type=int, default=None, help="with --scenes: the last ones are test scenes no model trains on (default a fifth, at least 1)")
+
+    colmap = data_cmd.add_parser("colmap", help="pose your own photos or video with COLMAP (pycolmap) into a scene recon trains on")
+    colmap_source = colmap.add_mutually_exclusive_group(required=True)
+    colmap_source.add_argument("--images", type=Path, help="a folder of photos (.jpg, .png)")
+    colmap_source.add_argument("--video", type=Path, help="a video file; frames taken --fps per second")
+    colmap.add_argument("--fps", type=float, default=2.0, help="video frames per second of video")
+    colmap.add_argument("--out", type=Path, required=True, help="the scene: OUT/images/ and OUT/sparse/0/")
+    colmap.add_argument("--matcher", choices=["exhaustive", "sequential"], default=None, help="default exhaustive for photos, sequential for a video")
+    colmap.add_argument("--max-size", type=int, default=1600, help="longer image side in pixels (larger photos are shrunk)")
 
     train = commands.add_parser("train", help="train a method on one scene")
     train.add_argument("method", help="method name, e.g. nerf")
@@ -163,6 +172,23 @@ def _check_device(device: str) -> None:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as error:
         raise ValueError(f"--device {device}: {str(error).splitlines()[0]}") from None
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    if args.data_command == "colmap":
+        from rich.console import Console
+
+        from data.capture import pose_images
+
+        console = Console(stderr=True, log_path=False)
+        matcher = args.matcher or ("sequential" if args.video else "exhaustive")
+        with console.status("posing") as status:
+            stats = pose_images(args.out, images=args.images, video=args.video, fps=args.fps, matcher=matcher, max_size=args.max_size,
+                                progress=lambda stage: (console.log(stage), status.update(stage)))
+        print(f"{stats['registered']} of {stats['images']} images posed, {stats['points']:,} points, {stats['seconds']} s -> {args.out} "
+              f"(recon train splat --data {args.out})")
+        return
+    cmd_data_synth(args)
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
@@ -526,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    handlers = {"data": cmd_data_synth, "train": cmd_train, "gpf": cmd_gpf_edit, "dream": cmd_dream, "detect": cmd_detect, "eval": cmd_eval, "render": cmd_render, "view": cmd_view, "export": cmd_export}
+    handlers = {"data": cmd_data, "train": cmd_train, "gpf": cmd_gpf_edit, "dream": cmd_dream, "detect": cmd_detect, "eval": cmd_eval, "render": cmd_render, "view": cmd_view, "export": cmd_export}
     shown = warnings.showwarning
     warnings.showwarning = _show_warning
     try:

@@ -13,6 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
@@ -52,6 +53,15 @@ def tree(*roots: Path) -> dict[str, tuple[int, int, str]]:
 
 
 # ---- the corpus: case -> setup(world, tmp) returning (argv, text the error line must contain) ----------
+def _photos(tmp: Path, count: int) -> Path:
+    """A folder of `count` small photos."""
+    folder = tmp / "photos"
+    folder.mkdir()
+    for k in range(count):
+        iio.imwrite(folder / f"p{k}.png", np.full((8, 8, 3), 40 * k, np.uint8))
+    return folder
+
+
 def _copy_run(world: Path, tmp: Path, edit_checkpoint=None, edit_config=None) -> Path:
     """A copy of the world's run; `edit_checkpoint(state)` changes its checkpoint, `edit_config(info)` its config.json."""
     run = shutil.copytree(world / "run", tmp / "run")
@@ -218,6 +228,9 @@ CASES = {
                                              "lr_milestones='0.5,x': expected fractions of max_steps"),
     "detect train viewer": lambda w, t: (["detect", "train", "--recon", t, "--data", w / "rooms", "--viewer"], "--viewer: a detection run is viewed once trained"),
     "detect train resumes a splat run": lambda w, t: (["detect", "train", "--resume", "--out", _copy_run(w, t)], "a 'splat' run, not a 'detect' run"),
+    "colmap too few photos": lambda w, t: (["data", "colmap", "--images", _photos(t, 2), "--out", t / "o"], "2 photos (.jpg or .png); posing needs at least 3"),
+    "colmap broken video": lambda w, t: (["data", "colmap", "--video", _break_file(t / "clip.mp4", b"not a video"), "--out", t / "o"], "clip.mp4: cannot read the video"),
+    "colmap small": lambda w, t: (["data", "colmap", "--images", _photos(t, 3), "--out", t / "o", "--max-size", 10], "--max-size 10: expected at least 64 pixels"),
     "gpf finetunes a splat run": lambda w, t: (["train", "gpf", "--finetune", _copy_run(w, t), "--data", w / "scene"], "a 'splat' run, not a 'gpf' run"),
     "nerf finetune": lambda w, t: (["train", "nerf", "--finetune", t, "--data", w / "scene"], "--finetune: nerf trains per scene already"),
     "gpf edit nothing": lambda w, t: (["gpf", "edit", _copy_run(w, t)], "nothing to edit: give --delete, --move or --duplicate"),

@@ -2,10 +2,10 @@
 baselines given the same wall-clock time, render speed, the sampling ablation and an edit.
 
     python bench/gpf.py [--scenes 25 --unseen 5 --views 30 --res 48 --steps 1500 --finetune-steps 1000
-                         --ablation-steps 500 --threads 2 --out DIR]
+                         --ablation-steps 400 --threads 2 --out DIR]
 
-1. `recon data synth --format blender --scenes N --unseen M`; `recon train gpf --preset synthetic`
-   across the training scenes; `recon eval RUN --data UNSEEN` on every unseen scene (test views;
+1. `recon data synth --format blender --scenes N --unseen M`; `recon train gpf --preset fast`
+   across the training scenes (the CPU-sized `fast` preset); `recon eval RUN --data UNSEEN` on every unseen scene (test views;
    no per-scene optimisation): PSNR, SSIM, FPS.
 2. On the first unseen scene: `recon train gpf --finetune RUN` for --finetune-steps, then 3DGS
    `fast` and NeRF `fast` trained from scratch on that scene for the same wall-clock time (the
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--res", type=int, default=48)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--finetune-steps", type=int, default=1000)
-    parser.add_argument("--ablation-steps", type=int, default=500)
+    parser.add_argument("--ablation-steps", type=int, default=400)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("/tmp/recon_gpf_bench"))
     args = parser.parse_args()
@@ -73,7 +73,7 @@ def main() -> None:
     def train_gpf(name: str, steps: int, *extra) -> Path:
         run = runs / name
         if not (run / "checkpoints").is_dir():
-            recon("train", "gpf", "--data", root, "--preset", "synthetic", "--max-steps", steps, "--set", f"eval_every={steps}",
+            recon("train", "gpf", "--data", root, "--preset", "fast", "--max-steps", steps, "--set", f"eval_every={steps}",
                   "--set", f"checkpoint_every={steps}", "--set", "eval_views=2", "--out", run, "--quiet", *extra, threads=t)
         return run
 

@@ -60,3 +60,15 @@ def test_posing_generated_renders_recovers_the_cameras_and_3dgs_trains_on_them(t
         psnr[name] = next(v for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) for k, v in r.items() if k.endswith("_psnr") and k != "psnr")
     print(f"3DGS fast, 300 steps at 150 px from COLMAP's points: {psnr['posed']:.2f} dB on COLMAP's cameras, {psnr['true_cameras']:.2f} dB on the true ones")
     assert psnr["posed"] > psnr["true_cameras"] - 1.5
+
+
+def test_a_video_is_posed_from_its_frames(tmp_path, capsys):
+    import imageio.v3 as iio
+
+    root = generate(tmp_path / "truth", format="llff", seed=4, views=24, res=600)
+    frames = np.stack([iio.imread(p)[..., :3] for p in sorted((root / "images").iterdir())])
+    iio.imwrite(tmp_path / "clip.mp4", np.concatenate([frames, frames[::-1]]), fps=8, codec="libx264", macro_block_size=1)  # there and back
+    assert main(["data", "colmap", "--video", str(tmp_path / "clip.mp4"), "--fps", "4", "--out", str(tmp_path / "posed"), "--max-size", "600"]) == 0
+    out = capsys.readouterr().out
+    registered = int(out.split(" of 24 images posed")[0].split()[-1])  # every other frame of 48, matched sequentially
+    assert registered >= 20 and data.load(tmp_path / "posed").num_views == registered

@@ -353,7 +353,7 @@ class Viewer:
             handles.append(self.server.scene.add_line_segments(f"/boxes/{name}", segments, np.array(color, np.uint8), line_width=2.0))
             for k in np.nonzero(shown)[0]:
                 text = labels[k] if scores is None else f"{labels[k]} {scores[k]:.2f}"
-                handles.append(self.server.scene.add_label(f"/boxes/{name}/{k}", text, position=boxes[k, 3:]))
+                handles.append(self.server.scene.add_label(f"/box_labels/{name}/{k}", text, position=boxes[k, 3:]))  # not under the wireframes' node
 
     def _show_cameras(self) -> None:
         for frustum in self._frustums:

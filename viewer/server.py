@@ -350,7 +350,7 @@ class Viewer:
             if not toggle.value or not shown.any():
                 continue
             segments = np.concatenate([_box_edges(box) for box in boxes[shown]])  # [12·B, 2, 3]
-            handles.append(self.server.scene.add_line_segments(f"/boxes/{name}", segments, np.array(color, np.uint8), line_width=2.0))
+            handles.append(self.server.scene.add_line_segments(f"/boxes/{name}", segments, np.array(color, np.uint8), thickness=2.0, thickness_units="screen"))
             for k in np.nonzero(shown)[0]:
                 text = labels[k] if scores is None else f"{labels[k]} {scores[k]:.2f}"
                 handles.append(self.server.scene.add_label(f"/box_labels/{name}/{k}", text, position=boxes[k, 3:]))  # not under the wireframes' node

@@ -15,7 +15,7 @@ from data.rooms import generate_rooms  # noqa: E402
 from detect.dataset import DetectionScene  # noqa: E402
 from detect.training import PRESETS, DetectionData, DetectionTraining, average_precision  # noqa: E402
 from recon.cli import detection_viewer, main  # noqa: E402
-from recon.trainer import Trainer  # noqa: E402
+from training import one_thread, run_training  # noqa: E402
 from test_viewer import free_port  # noqa: E402
 
 
@@ -55,27 +55,16 @@ def test_resume_equals_an_uninterrupted_run_and_epochs_cover_every_scene(two_roo
     for epoch in range(4):  # 3 scenes, 2 per step: every scene exactly once per epoch
         assert sorted(sum(batches, [])[3 * epoch : 3 * epoch + 3]) == [0, 1, 2]
 
-    class Killed(DetectionTraining):
-        def train_step(self, step: int) -> dict[str, float]:
-            if step == 2:
-                raise KeyboardInterrupt  # killed after step 2's checkpoint
-            return super().train_step(step)
-
-    def trained(run_dir, kind=DetectionTraining, resume: bool = False) -> dict:
+    def method() -> DetectionTraining:
         torch.manual_seed(0)
-        method = kind(config, DetectionData(scenes, []), device="cpu")
-        Trainer(method, run_dir, {"method": "detect"}).run(resume=resume, quiet=True)
-        return method.state_dict()
+        return DetectionTraining(config, DetectionData(scenes, []), device="cpu")
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # spconv's multi-threaded CPU kernels sum in varying order (detect/training.py)
-    try:
-        whole = trained(tmp_path / "a")
+    info = {"method": "detect", "preset": "cpu", "data": "", "data_options": {}}
+    with one_thread():  # spconv's multi-threaded CPU kernels sum in varying order (detect/training.py)
+        whole = run_training(method(), tmp_path / "a", info=info).state_dict()
         with pytest.raises(KeyboardInterrupt):
-            trained(tmp_path / "b", Killed)
-        resumed = trained(tmp_path / "b", resume=True)
-    finally:
-        torch.set_num_threads(threads)
+            run_training(method(), tmp_path / "b", crash_at=2, info=info)  # killed after step 2's checkpoint
+        resumed = run_training(method(), tmp_path / "b", resume=True, info=info).state_dict()
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 

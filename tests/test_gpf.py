@@ -133,30 +133,18 @@ def test_an_edit_moves_the_objects_pixels(many_scenes, trained_run, tmp_path):
 
 def test_resume_equals_an_uninterrupted_run(many_scenes, tmp_path):
     from recon.methods.gpf import GPF, PRESETS
-    from recon.trainer import Trainer
+    from training import one_thread, run_training
 
     config = replace(PRESETS["fast"], max_steps=4, checkpoint_every=2, eval_every=4, eval_views=1, batch_rays=64)
     info = {"method": "gpf", "preset": "fast", "data": str(many_scenes), "data_options": {}}
 
-    class Killed(GPF):
-        def train_step(self, step: int) -> dict[str, float]:
-            if step == 2:
-                raise KeyboardInterrupt  # killed after step 2's checkpoint
-            return super().train_step(step)
-
-    def trained(run_dir, kind=GPF, resume: bool = False) -> dict:
+    def method() -> GPF:
         torch.manual_seed(0)
-        method = kind.create(config, info, device="cpu", training=True)
-        Trainer(method, run_dir, info).run(resume=resume, quiet=True)
-        return method.state_dict()
+        return GPF.create(config, info, device="cpu", training=True)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        whole = trained(tmp_path / "a")
+    with one_thread():
+        whole = run_training(method(), tmp_path / "a", info=info).state_dict()
         with pytest.raises(KeyboardInterrupt):
-            trained(tmp_path / "b", Killed)
-        resumed = trained(tmp_path / "b", resume=True)
-    finally:
-        torch.set_num_threads(threads)
+            run_training(method(), tmp_path / "b", crash_at=2, info=info)  # killed after step 2's checkpoint
+        resumed = run_training(method(), tmp_path / "b", resume=True, info=info).state_dict()
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)

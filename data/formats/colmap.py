@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.scene import DataError
+from data.scene import DataError, Scene
 
 SPARSE_DIRS = ("sparse/0", "sparse")  # where COLMAP and LLFF's imgs2poses leave the model
 
@@ -241,12 +241,11 @@ def qvec_from_rotation(R: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # the scene
-def load_colmap(root: str | Path, *, downscale: int = 1, holdout: int = 8) -> "Scene":
+def load_colmap(root: str | Path, *, downscale: int = 1, holdout: int = 8) -> Scene:
     """A COLMAP scene (see the module docstring)."""
     import cv2
 
     from data.formats.common import check_downscale, downscaled_size, intrinsics, read_image, resize_area
-    from data.scene import Scene
 
     root = Path(root)
     folder = find_model(root)

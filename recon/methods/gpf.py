@@ -177,9 +177,9 @@ class GPF(Method):
         options = info["data_options"]
         load = lambda path: data.load(path, **options)  # noqa: E731
         render = info.get("eval_data") or (test_folders[0] if test_folders else (train_folders[0] if train_folders else root))
-        training_scenes = [load(p) for p in train_folders] if (training and train_folders) else None
         if config.finetune_from and training:
             return cls.finetuned(config, load(render), device)
+        training_scenes = [load(p) for p in train_folders] if (training and train_folders) else None
         return cls(config, load(render), device=device, training_scenes=training_scenes)
 
     @classmethod

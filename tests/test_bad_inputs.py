@@ -19,7 +19,10 @@ import pytest
 import torch
 
 from corrupt import BLENDER_BREAKS, BLENDER_RES, BLENDER_VIEWS, LLFF_BREAKS, LLFF_RES, LLFF_VIEWS, ROOM_FRAMES, ROOM_RES, ROOM_SCENE, SCANNET_BREAKS
+from data import load
 from recon.cli import main
+from test_colmap import BREAKS as COLMAP_BREAKS, write_colmap
+from test_dtu import BREAKS as DTU_BREAKS, write_dtu
 from recon.export import read_ply, write_ply
 from recon.io import atomic_write
 
@@ -38,6 +41,9 @@ def world(tmp_path_factory):
     assert run_cli("data", "synth", "--format", "llff", "--out", root / "llff", "--views", LLFF_VIEWS, "--res", LLFF_RES) == 0
     assert run_cli("train", "splat", "--data", root / "scene", *TRAIN_FAST, "--max-steps", 20, "--out", root / "run") == 0
     assert run_cli("data", "synth", "--format", "scannet", "--out", root / "rooms", "--rooms", 1, "--val", 1, "--frames", ROOM_FRAMES, "--res", ROOM_RES) == 0
+    scene = load(root / "scene")
+    write_colmap(root / "colmap", scene, "PINHOLE", binary=False, views=[0, 1, 2, 3])
+    write_dtu(root / "dtu", scene)
     return root
 
 
@@ -210,6 +216,8 @@ CASES = {
     **{f"blender: {name}": lambda w, t, b=breaker, m=message: (_train_on_broken("scene", b)(w, t), re.compile(m)) for name, (breaker, message) in BLENDER_BREAKS.items() if name != "no train file"},
     **{f"llff: {name}": lambda w, t, b=breaker, m=message: (_train_on_broken("llff", b)(w, t), re.compile(m)) for name, (breaker, message) in LLFF_BREAKS.items()},
     **{f"scannet: {name}": lambda w, t, b=breaker, m=message: (_train_on_broken("rooms", b, ROOM_SCENE)(w, t), re.compile(m)) for name, (breaker, message) in SCANNET_BREAKS.items()},
+    **{f"colmap: {name}": lambda w, t, b=COLMAP_BREAKS[name][0], m=COLMAP_BREAKS[name][1]: (_train_on_broken("colmap", b)(w, t), m) for name in ("missing image", "fisheye")},
+    **{f"dtu: {message}": lambda w, t, b=breaker, m=message: (_train_on_broken("dtu", b, "Rectified/scan114_train")(w, t), m) for breaker, message in DTU_BREAKS},
     "unknown data option": lambda w, t: (_train(w, "--data-option", "frames=3"), "--data-option frames: no loader takes it"),
     "synth no rooms": lambda w, t: (["data", "synth", "--format", "scannet", "--rooms", 0, "--out", t / "r"], "rooms: expected an integer in [1, 10000], got 0"),
     "reconstruct no scenes": lambda w, t: (["detect", "reconstruct", "--data", w / "scene", "--out", t / "r"], "scene: no ScanNet scenes"),

@@ -74,13 +74,16 @@ def test_full_size_cams_pfm_round_trip_and_scan_lists(source, tmp_path):
     assert np.array_equal(read_pfm(tmp_path / "x.pfm"), image)
 
 
-@pytest.mark.parametrize("breakage, message", [
+BREAKS = [  # (what breaks a DTU-layout root, the error it gives)
     (lambda root: (root / "Cameras" / "train" / "00000002_cam.txt").write_text("extrinsic\n1 0 0\n"), "00000002_cam.txt: expected 'extrinsic'"),
     (lambda root: (root / "Cameras" / "train" / "00000001_cam.txt").unlink(), "00000001_cam.txt: camera file missing"),
     (lambda root: (root / "Depths" / "scan114_train" / "depth_map_0003.pfm").write_bytes(b"P6\n"), "depth_map_0003.pfm: not a PFM image"),
     (lambda root: (root / "Cameras" / "train" / "00000000_cam.txt").write_text(
         (root / "Cameras" / "train" / "00000000_cam.txt").read_text().rsplit("\n\n", 1)[0] + "\n\n5.0 -1.0\n"), "00000000_cam.txt: depth range"),
-])
+]
+
+
+@pytest.mark.parametrize("breakage, message", BREAKS)
 def test_broken_dtu_scans_fail_with_one_error_naming_the_file(source, tmp_path, breakage, message):
     scan = write_dtu(tmp_path, source)
     breakage(tmp_path)

@@ -32,6 +32,7 @@ from detect.metrics import indoor_ap
 from detect.model import Detector, DetectorShape
 from detect.sampling import METHODS
 from detect.sparse import voxelize
+from recon import distributed
 from recon.methods.base import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Between, TrainConfig, Trainable
 
 GRID_MULTIPLE = 32  # grid sides rounded up so every stride-2 level halves evenly
@@ -157,17 +158,20 @@ class DetectionTraining(Trainable):
         self.model = Detector(config.shape()).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, config.milestones(), gamma=config.lr_decay)
-        self.generator = torch.Generator().manual_seed(config.seed)  # sampling and augmentation
+        self.generator = distributed.generator(config.seed)  # sampling and augmentation
         self._fps: dict[str, torch.Tensor] = {}  # farthest-point samples are deterministic: one per scene
 
     def batch_scenes(self, step: int) -> list[int]:
-        """Indices of the training scenes of `step`: consecutive slices of per-epoch permutations."""
-        count, size = len(self.data.train), self.config.batch_size
+        """Indices of this rank's training scenes of `step`. The global batch (batch_size × world size)
+        is a consecutive slice of per-epoch permutations, and each rank takes its own part of it, as
+        a DistributedSampler shards an epoch."""
+        world = distributed.world()
+        count, size = len(self.data.train), self.config.batch_size * world.size
         first, last = step * size, (step + 1) * size
         order = torch.cat([torch.randperm(count, generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch))
                            for epoch in range(first // count, (last - 1) // count + 1)])
         start = first - (first // count) * count
-        return order[start : start + size].tolist()
+        return order[start : start + size].tolist()[world.rank * self.config.batch_size : (world.rank + 1) * self.config.batch_size]
 
     def inputs(self, scene: DetectionScene, generator: torch.Generator, augment: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One scene's sampled centres [M, 3], features [M, 11] and boxes [B, 6], augmented when asked."""
@@ -193,7 +197,7 @@ class DetectionTraining(Trainable):
         outputs = self.model(x)
         losses = detection_losses(outputs, origin, self.config.voxel_size, [b[2] for b in batch], [s.labels.to(self.device) for s in scenes])
         self.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        self.backward(losses["loss"])
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -238,5 +242,5 @@ def average_precision(scenes: list[DetectionScene], predictions: dict[str, dict]
     return indoor_ap(ground_truth, [predictions[s.name] for s in scenes], scene_names=[s.name for s in scenes])
 
 
-def steps_per_epoch(config: DetectConfig, train_scenes: int) -> int:
-    return math.ceil(train_scenes / config.batch_size)
+def steps_per_epoch(config: DetectConfig, train_scenes: int, world_size: int = 1) -> int:
+    return math.ceil(train_scenes / (config.batch_size * world_size))

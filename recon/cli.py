@@ -234,21 +234,25 @@ def _run_config(args: argparse.Namespace, method_cls, overrides: dict[str, str])
 
 def _train(args: argparse.Namespace, method, run_dir: Path, info: dict) -> None:
     """Train `method` into run_dir (with a live viewer when asked); the viewer stays until Ctrl-C.
-    A new run's --out that holds a run is refused, or moved aside with --restart."""
+    A new run's --out that holds a run is refused, or moved aside with --restart. In a data-parallel
+    job (torchrun) rank 0 alone prepares the run directory, talks and serves the viewer."""
+    from recon import distributed
     from recon.runs import prepare_run_dir
     from recon.trainer import Trainer
 
-    if args.out is not None and not args.resume:
+    run_dir, main = distributed.broadcast(run_dir), distributed.world().main
+    if main and args.out is not None and not args.resume:
         prepare_run_dir(args.out, restart=args.restart)
-    print(f"run directory: {run_dir}")
+    if main:
+        print(f"run directory: {run_dir}" + (f" ({distributed.world().size} processes)" if distributed.world().size > 1 else ""))
     viewer = None
-    if args.viewer:
+    if args.viewer and main:
         from viewer import Viewer
 
         viewer = Viewer(method, host=args.viewer_host, port=args.viewer_port, training=True)
         print(f"viewer: {viewer.url}", flush=True)
     result = Trainer(method, run_dir, info).run(resume=args.resume, quiet=args.quiet, viewer=viewer)
-    if result:
+    if result and main:
         print("final validation: " + ", ".join(f"{k} {v}" for k, v in result.items()))
     if viewer is not None:
         viewer.complete()
@@ -286,6 +290,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_dream(args: argparse.Namespace) -> None:
+    from recon import distributed
     from recon.evaluate import clip_score, parse_clip, render_path
     from recon.io import write_json
     from recon.methods.dreamer import Dreamer, check_priors
@@ -311,6 +316,8 @@ def cmd_dream(args: argparse.Namespace) -> None:
     torch.manual_seed(config.seed)
     method = Dreamer(config, scene, device=args.device)
     _train(args, method, run_dir, info)
+    if not distributed.world().main:
+        return
     method.export_ply(run_dir / "export" / "point_cloud.ply")
     video = render_path(method, run_dir / "render", "orbit", args.frames, 30)
     score = clip_score(run_dir / "render" / "orbit", config.prompt, args.clip)
@@ -350,6 +357,7 @@ def cmd_detect_reconstruct(args: argparse.Namespace) -> None:
 
 def cmd_detect_train(args: argparse.Namespace) -> None:
     from detect.training import DetectionTraining, load_detection_data, steps_per_epoch
+    from recon import distributed
     from recon.runs import default_run_dir
 
     if args.viewer:
@@ -365,8 +373,9 @@ def cmd_detect_train(args: argparse.Namespace) -> None:
         info |= {"recon": str(args.recon.resolve()), "data": str(args.data.resolve()), "data_options": {}}
     data = load_detection_data(info["recon"], info["data"], config)
     run_dir = args.out or default_run_dir(DetectionTraining.name, f"{Path(info['recon']).name}-{config.sampling}")
-    print(f"{len(data.train)} training and {len(data.val)} validation scenes, {config.sampling} sampling; "
-          f"{steps_per_epoch(config, len(data.train))} steps per epoch, {config.max_steps} steps")
+    if distributed.world().main:
+        print(f"{len(data.train)} training and {len(data.val)} validation scenes, {config.sampling} sampling; "
+              f"{steps_per_epoch(config, len(data.train), distributed.world().size)} steps per epoch, {config.max_steps} steps")
     torch.manual_seed(config.seed)
     _train(args, DetectionTraining(config, data, device=args.device), run_dir, info)
 
@@ -547,23 +556,29 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     from data import DataError
+    from recon import distributed
     from recon.io import CheckpointError
 
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    parallel = args.command in ("train", "dream") or (args.command == "detect" and args.detect_command == "train")
     handlers = {"data": cmd_data, "train": cmd_train, "gpf": cmd_gpf_edit, "dream": cmd_dream, "detect": cmd_detect, "eval": cmd_eval, "render": cmd_render, "view": cmd_view, "export": cmd_export}
     shown = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
         if args.device is not None:
             _check_device(args.device)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not parallel:
+            raise ValueError(f"recon {args.command}: only training (recon train, dream, detect train) runs in several processes; start it without torchrun")
+        _, args.device = distributed.init(args.device) if parallel else (None, args.device)  # torchrun: join the job
         handlers[args.command](args)
-    except (DataError, CheckpointError, ValueError, OSError) as error:
+    except (DataError, CheckpointError, ValueError, OSError, distributed.DistributedError) as error:
         print(f"recon: error: {_error_line(error)}", file=sys.stderr)
         return 2
     finally:
         warnings.showwarning = shown
+        distributed.finish()
     return 0
 
 

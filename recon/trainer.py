@@ -4,6 +4,10 @@ A run directory holds `config.json` (method, preset, data path and options, the 
 `checkpoints/step_XXXXXXX.pt` (the latest only, written atomically), `metrics.jsonl` (training
 and validation lines), and `curves.png`. `resume=True` continues from the latest checkpoint with
 the same model, optimiser and random state, so the result equals an uninterrupted run.
+
+In a data-parallel job (recon.distributed) every rank runs this loop; rank 0 alone writes the run
+directory, validates and shows the progress bar, and the ranks compare their parameters at every
+checkpoint.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from recon import distributed
 from recon.io import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, write_json, write_text
 from recon.methods.base import Trainable
 
@@ -93,6 +98,7 @@ class Trainer:
         """Train to config.max_steps; returns the last validation metrics. With a `viewer`
         (viewer.Viewer) each step runs inside `viewer.training_step()` and reports `viewer.update(step, stats)`."""
         config = self.method.config
+        main = distributed.world().main  # writes the run directory
         start_step, train_time = 0, 0.0
         if resume:
             checkpoint = latest_checkpoint(self.run_dir)
@@ -103,30 +109,37 @@ class Trainer:
             if start_step > config.max_steps:
                 raise CheckpointError(f"{checkpoint}: the run is at step {start_step}, past max_steps={config.max_steps} (--max-steps extends a run)")
             torch.set_rng_state(state["torch_rng"])
-            remove_stale_temporaries(self.run_dir)
-            self._truncate_metrics(start_step)
+            if main:
+                remove_stale_temporaries(self.run_dir)
+                self._truncate_metrics(start_step)
         else:
-            if holds_run(self.run_dir):
+            if main and holds_run(self.run_dir):
                 raise CheckpointError(f"{self.run_dir}: already holds a run (resume it, or train into another directory)")
             torch.manual_seed(config.seed)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.run_dir / "config.json", {**self.run_info, "config": asdict(config)})
+            if main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+        if main:
+            write_json(self.run_dir / "config.json", {**self.run_info, "config": asdict(config)})
 
         last_eval: dict[str, float] = {}
         step_context = viewer.training_step if viewer is not None else nullcontext
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[stats]}"), TimeRemainingColumn()]
-        with Progress(*columns, disable=quiet) as progress:
+        with Progress(*columns, disable=quiet or not main) as progress:
             task = progress.add_task(self.method.name, total=config.max_steps, completed=start_step, stats="")
             for step in range(start_step, config.max_steps):
                 self.method.train()
                 with step_context():  # a viewer's pause and model lock (only train_step changes the model)
                     tic = time.perf_counter()
-                    stats = self.method.train_step(step)
+                    stats = distributed.reduce_stats(self.method.train_step(step))
                     elapsed = time.perf_counter() - tic
                 train_time += elapsed
                 done = step + 1
                 speed = {"rays_per_s": stats["rays"] / max(elapsed, 1e-9)} if "rays" in stats else {"steps_per_s": 1 / max(elapsed, 1e-9)}
                 progress.update(task, completed=done, stats=self.method.progress_text({**stats, **speed}))
+                if done % config.checkpoint_every == 0 or done == config.max_steps:
+                    distributed.check_identical(self.method, done)
+                if not main:
+                    continue
                 self.method.write_artifacts(self.run_dir)
                 if done % config.log_every == 0 or done == config.max_steps:
                     self._log({"step": done, "train_time": round(train_time, 3), **{k: round(v, 5) for k, v in {**stats, **speed}.items()}})
@@ -136,7 +149,8 @@ class Trainer:
                     self.save(done, train_time)
                 if viewer is not None:
                     viewer.update(done, {**stats, **speed})
-        self.plot_curves()
+        if main:
+            self.plot_curves()
         return last_eval
 
     def validate(self, step: int, train_time: float) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """Ray samplers with one interface: each returns `RaySamples`, sorted t-interval edges per ray.
 
 Dense layout `[R, S + 1]` edges → S intervals. Stratified, importance (pdf), learned (ProNeRF's
-PAS) and GPF's log sampler all produce this type, so a method can swap them.
+PAS) and GPF's log sampler all produce this type, so a method can swap them. Per-ray random draws
+go through `renderers.shards`, so the ranks of a data-parallel job draw what one process would.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Protocol
 import torch
 
 from renderers.cameras import Rays
+from renderers.shards import rand_rows, randn_rows
 
 
 @dataclass
@@ -148,7 +150,7 @@ class LogSampler:
         d = torch.maximum(torch.minimum(depth, rays.far), rays.near)  # [R]
         base = self.base
         if perturb:
-            d = d + (torch.rand(d.shape, device=device, generator=generator) * 2 - 1) * self.depth_jitter * self.scale
+            d = d + (rand_rows(d.shape, generator, device) * 2 - 1) * self.depth_jitter * self.scale
             base = max(base + torch.randn(1, device=device, generator=generator).item() * self.base_std, 1.0 + 1e-3)
         if self.spacing == "log":
             offsets = log_offsets(self.num_samples, base)
@@ -162,7 +164,7 @@ def _jitter_edges(s: torch.Tensor, generator: torch.Generator | None) -> torch.T
     centres = 0.5 * (s[:, 1:] + s[:, :-1])
     upper = torch.cat([centres, s[:, -1:]], dim=-1)
     lower = torch.cat([s[:, :1], centres], dim=-1)
-    r = torch.rand(s.shape, device=s.device, generator=generator)
+    r = rand_rows(s.shape, generator, s.device)
     return lower + (upper - lower) * r
 
 
@@ -237,7 +239,7 @@ def densify_samples(
     """[R, N·copies] sorted: each sample replicated at fractions k/copies (k < copies) of the gap to
     its next or previous neighbour (near/far at the ends), the direction a fair coin per sample."""
     padded = torch.cat([near[:, None], t, far[:, None]], dim=-1)  # [R, N + 2]
-    forward = torch.rand(t.shape, device=t.device, generator=generator) < 0.5
+    forward = rand_rows(t.shape, generator, t.device) < 0.5
     gap = torch.where(forward, padded[:, 2:] - t, padded[:, :-2] - t)  # [R, N] signed
     fractions = torch.arange(copies, device=t.device, dtype=t.dtype) / copies  # [copies]
     dense = t[..., None] + gap[..., None] * fractions  # [R, N, copies]
@@ -254,5 +256,5 @@ def jitter_samples(
     """[R, S] each sample moved towards the next one (far for the last) by min(|N(0, 1)|·scale,
     max_fraction) of the gap; the order is kept."""
     gap = torch.cat([t[:, 1:], far[:, None]], dim=-1) - t  # [R, S]
-    fraction = (torch.randn(t.shape, device=t.device, generator=generator).abs() * scale).clamp(max=max_fraction)
+    fraction = (randn_rows(t.shape, generator, t.device).abs() * scale).clamp(max=max_fraction)
     return t + fraction * gap

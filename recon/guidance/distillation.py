@@ -15,6 +15,7 @@ import torch
 
 from recon.guidance.priors import DiffusionPrior, ViewBatch
 from recon.guidance.sds import WEIGHTINGS, add_noise, classifier_free_guidance, l2_weight, predicted_x0, sds_loss, sds_weight
+from renderers.shards import randint_rows, randn_rows
 
 LOSS_SPACES = ("latent", "image")
 GUIDANCE_FORMS = ("standard", "threestudio")
@@ -59,9 +60,9 @@ def score_distillation(
     assert cond.shape[0] == uncond.shape[0] == batch, f"cond {tuple(cond.shape)}, uncond {tuple(uncond.shape)} for {batch} renders"
     images = prior.prepare(renders)  # [B, 3, R, R]
     x = prior.encode(images)  # [B, C, h, w]
-    t = torch.randint(t_range[0], t_range[1] + 1, (batch,), generator=generator, device=prior.device)
+    t = t_range[0] + randint_rows(t_range[1] + 1 - t_range[0], (batch,), generator, prior.device)  # per view: a rank's share (renderers.shards)
     alpha_bar = prior.alphas_cumprod[t]  # [B]
-    noise = torch.randn(x.shape, generator=generator, device=x.device)
+    noise = randn_rows(x.shape, generator, x.device)
     with torch.no_grad():
         x_t = add_noise(x.detach(), noise, alpha_bar)
         eps_uncond, eps_cond = prior.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond]), views).chunk(2)

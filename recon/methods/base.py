@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from data import Scene
+from recon.distributed import average_gradients
 from recon.metrics import psnr
 from renderers.cameras import Rays, make_rays, pixel_rays
+from renderers.shards import randint_rows
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,12 @@ class Trainable(nn.Module):
         """One optimisation step; returns at least "loss"."""
         raise NotImplementedError
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """loss.backward(), then (in a data-parallel job, recon.distributed) every gradient averaged
+        over the ranks: what each train_step calls instead of loss.backward()."""
+        loss.backward()
+        average_gradients(self.parameters())
+
     def validation_metrics(self) -> dict[str, float]:
         """Metrics of the current model on held-out data (logged at every eval_every); none by default."""
         return {}
@@ -168,11 +176,12 @@ class Method(Trainable):
 
     def sample_training_rays(self, num_rays: int, generator: torch.Generator) -> tuple[Rays, torch.Tensor, torch.Tensor]:
         """Rays through random pixels of random training views (NDC for forward-facing scenes),
-        their target colours [R, 3] and training-view indices [R]."""
+        their target colours [R, 3] and training-view indices [R]: this rank's share of a
+        data-parallel batch (renderers.shards)."""
         t, h, w, _ = self.train_images.shape
-        cam = torch.randint(0, t, (num_rays,), generator=generator, device=self.device)
-        u = torch.randint(0, w, (num_rays,), generator=generator, device=self.device)
-        v = torch.randint(0, h, (num_rays,), generator=generator, device=self.device)
+        cam = randint_rows(t, (num_rays,), generator, self.device)
+        u = randint_rows(w, (num_rays,), generator, self.device)
+        v = randint_rows(h, (num_rays,), generator, self.device)
         origins, directions = pixel_rays(self.train_K[cam], self.train_c2w[cam], u, v)
         ndc_K = self.train_K[cam] if self.scene.ndc else None
         rays = make_rays(origins, directions, self.scene.near, self.scene.far, ndc_K, w, h)

@@ -46,6 +46,7 @@ from recon.guidance.sds import WEIGHTINGS
 from recon.methods.base import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Between
 from recon.methods.splat import Splat, SplatConfig
 from renderers.cameras import look_at, pixel_rays
+from renderers.shards import rand_rows
 
 ANGLE = Between(-90, 90)
 FIELD_OF_VIEW = Between(1, 179)
@@ -232,7 +233,7 @@ class Dreamer(Splat):
         c, g, dev = self.config, self.generator, self.device
 
         def uniform(low: float, high: float) -> torch.Tensor:
-            return low + (high - low) * torch.rand(count, generator=g, device=dev)
+            return low + (high - low) * rand_rows((count,), g, dev)  # per view: a rank's share (renderers.shards)
 
         azimuth, elevation = uniform(-180.0, 180.0), uniform(c.elevation_min, c.elevation_max)
         radius, fovy = uniform(c.camera_radius_min, c.camera_radius_max), uniform(c.fovy_min, c.fovy_max)
@@ -249,7 +250,7 @@ class Dreamer(Splat):
             return self.background_field(F.normalize(directions, dim=-1)).view(count, side, side, 3)
         colour = {"white": torch.ones(count, 3, device=self.device), "black": torch.zeros(count, 3, device=self.device)}.get(c.background)
         if colour is None:
-            colour = torch.rand(count, 3, generator=self.generator, device=self.device)
+            colour = rand_rows((count, 3), self.generator, self.device)
         return colour[:, None, None, :].expand(count, side, side, 3)
 
     # ---- priors and prompts ------------------------------------------------------------------
@@ -296,7 +297,7 @@ class Dreamer(Splat):
         optimizers = list(self.optimizers.values()) + ([self.background_optimizer] if self.background_field is not None else [])
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.backward(loss)
         for optimizer in optimizers:
             optimizer.step()
         self.means_scheduler.step()

@@ -29,11 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from data import Scene
+from recon import distributed
 from recon.fields.point_field import FeatureNet, KernelDecoder, PointFeatures, relative_encoding
 from recon.methods.base import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Between, Method, TrainConfig
 from renderers.cameras import Rays, image_rays, make_rays, pixel_rays
 from renderers.points import clean_points, fuse_depths, knn, splat_depth
 from renderers.samplers import LogSampler, StratifiedSampler
+from renderers.shards import randint_rows
 from renderers.volume import composite, render_weights
 
 
@@ -135,7 +137,7 @@ class GPF(Method):
         if config.finetune_from:
             self.deploy()
         self.optimizer = torch.optim.Adam(self._parameter_groups(), lr=config.lr)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = distributed.generator(config.seed)
 
     def _parameter_groups(self) -> list[dict]:
         if not self.deployed:
@@ -303,14 +305,14 @@ class GPF(Method):
 
     # ---- training ----------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, float]:
-        g = self.generator
-        ps = self.training_scenes[int(torch.randint(len(self.training_scenes), (1,), generator=g))]
-        target = int(ps.sources[torch.randint(len(ps.sources), (1,), generator=g)])
+        g = self.generator  # in a data-parallel job each rank draws its own scene, view and rays
+        ps = self.training_scenes[int(randint_rows(len(self.training_scenes), (1,), g))]
+        target = int(ps.sources[randint_rows(len(ps.sources), (1,), g)])
         scene = ps.scene
         K, c2w = scene.K[target].to(self.device), scene.c2w[target].to(self.device)
         context = self._context(ps, c2w, exclude=target)
-        u = torch.randint(0, scene.width, (self.config.batch_rays,), generator=g)
-        v = torch.randint(0, scene.height, (self.config.batch_rays,), generator=g)
+        u = randint_rows(scene.width, (self.config.batch_rays,), g)
+        v = randint_rows(scene.height, (self.config.batch_rays,), g)
         prior = splat_depth(context["points"].detach(), K, c2w, scene.width, scene.height)[v.to(self.device), u.to(self.device)]
         origins, directions = pixel_rays(K, c2w, u.to(self.device).float(), v.to(self.device).float())
         rays = make_rays(origins, directions, scene.near, scene.far)
@@ -321,7 +323,7 @@ class GPF(Method):
             mask = scene.masks[target, v, u].to(self.device)
             loss = loss + self.config.mask_weight * F.binary_cross_entropy(out["opacity"][:, 0].clamp(1e-5, 1 - 1e-5), mask)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.backward(loss)
         self.optimizer.step()
         mse = F.mse_loss(out["rgb"].detach(), target_rgb)
         return {"loss": float(loss.detach()), "psnr": float(-10 * torch.log10(mse.clamp_min(1e-10))), "rays": self.config.batch_rays}

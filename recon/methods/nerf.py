@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from data import Scene
+from recon import distributed
 from recon.fields.radiance import HashGridField, MLPField
 from recon.methods.base import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Between, Method, TrainConfig
 from renderers.cameras import Rays, field_bounds, image_rays
@@ -109,7 +110,7 @@ class Nerf(Method):
             step = float((aabb[1] - aabb[0]).norm()) / config.grid_march_steps  # Instant-NGP's fine marching step
             self.grid = OccupancyGrid(aabb, config.grid_resolution, step_size=step, decay=config.grid_decay)
         self.register_buffer("background", torch.tensor(scene.background, dtype=torch.float32))
-        self.generator = torch.Generator(self.device).manual_seed(config.seed)
+        self.generator = distributed.generator(config.seed, self.device)
         self.to(self.device)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=config.lr, eps=1e-15 if config.field == "hashgrid" else 1e-8)
         gamma = (config.lr_final / config.lr) ** (1.0 / max(config.max_steps, 1))
@@ -186,7 +187,7 @@ class Nerf(Method):
         mse = F.mse_loss(out["rgb"], target)
         loss = mse + F.mse_loss(out["rgb_coarse"], target) if "rgb_coarse" in out else mse
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.backward(loss)
         self.optimizer.step()
         self.scheduler.step()
         stats = {"loss": loss.item(), "psnr": -10.0 * math.log10(max(mse.item(), 1e-10)), "rays": len(rays)}

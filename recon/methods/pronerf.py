@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from data import Scene
+from recon import distributed
 from recon.fields.encodings import PositionalEncoding
 from recon.fields.mlp import MLP
 from recon.fields.radiance import HashGridField
@@ -54,6 +55,7 @@ from recon.methods.base import COUNT, NON_NEGATIVE, POSITIVE, Between, Method, T
 from renderers.cameras import Rays, field_bounds, image_rays
 from renderers.projection import fetch_colors, ndc_to_world, plucker, project_to_views
 from renderers.samplers import densify_samples, jitter_samples, sample_cells
+from renderers.shards import rand_rows, randn_rows
 from renderers.volume import composite, render_weights_from_alpha
 
 
@@ -230,7 +232,7 @@ class Pronerf(Method):
             raise ValueError(f"source_pool_{'ndc' if scene.ndc else 'world'}: expected 0 or at least num_source_views ({config.num_source_views}), got {self.source_pool}")
         self.register_buffer("background", torch.tensor(scene.background, dtype=torch.float32))
         self.to(self.device)
-        self.generator = torch.Generator(self.device).manual_seed(config.seed)
+        self.generator = distributed.generator(config.seed, self.device)
         eps = 1e-15 if config.field == "hashgrid" else 1e-8  # hash tables: Instant-NGP's ε
         self.explore_optimizer = torch.optim.Adam(self.field.parameters(), lr=config.lr_stage1, eps=eps)  # stage 1, odd steps
         self.joint_optimizer = torch.optim.Adam(self.parameters(), lr=config.lr_stage1, eps=eps)  # stage 1 even steps, stage 2
@@ -257,7 +259,7 @@ class Pronerf(Method):
         rows = torch.arange(len(cameras), device=centres.device)
         distance = (centres[None] - centres[cameras][:, None]).norm(dim=-1)  # [R, T]
         distance[rows, cameras] = math.inf  # never the ray's own view
-        scores = torch.rand(len(cameras), len(centres), device=centres.device, generator=self.generator)
+        scores = rand_rows((len(cameras), len(centres)), self.generator, centres.device)
         if 0 < self.source_pool < len(centres) - 1:
             outside = distance.topk(len(centres) - self.source_pool, dim=-1).indices  # [R, T − pool] the farthest
             scores.scatter_(1, outside, math.inf)
@@ -314,7 +316,7 @@ class Pronerf(Method):
         raw, rgb = self.field(points.reshape(-1, 3), viewdirs.reshape(-1, 3))
         sigma = raw.view(num_rays, num_samples)
         if noise > 0:
-            sigma = sigma + noise * torch.randn(sigma.shape, device=sigma.device, generator=self.generator)
+            sigma = sigma + noise * randn_rows(sigma.shape, self.generator, sigma.device)
         if density_offset is not None:
             sigma = sigma + density_offset
         delta = (torch.cat([t[:, 1:], rays.far[:, None]], -1) - t) * rays.directions.norm(dim=-1, keepdim=True)  # [R, S]
@@ -365,12 +367,11 @@ class Pronerf(Method):
             loss = loss + F.mse_loss(out["rgb_fine"], target) + F.mse_loss(out["rgb_coarse"], target)
         optimizer.zero_grad(set_to_none=True)
         stats = {"loss": loss.item(), "psnr": -10.0 * math.log10(max(mse.item(), 1e-10)), "rays": len(rays), "samples_per_ray": out["samples_per_ray"].mean().item()}
-        if math.isfinite(stats["loss"]):
-            loss.backward()
-            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            if grads and math.isfinite(float(torch.stack([g.norm() for g in grads]).norm())):
-                optimizer.step()
-                return stats
+        self.backward(loss)  # a non-finite loss gives non-finite gradients on every rank
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads and math.isfinite(float(torch.stack([g.norm() for g in grads]).norm())):
+            optimizer.step()
+            return stats
         optimizer.zero_grad(set_to_none=True)  # a non-finite loss or gradient: skip this update
         return {**stats, "skipped": 1.0}
 

@@ -6,6 +6,7 @@ at random in the scene bounds; SH degree rises every `sh_degree_interval` steps;
 `renderers.splatting.rasterization`, so the same code trains on CUDA (gsplat), on a CPU (the
 compiled kernel) or anywhere else (the torch reference). With `guidance` set, the training images
 carry 3DGS-DET's 2D prior (class-coloured boundaries, centres or masks; `detect.boundary`).
+Each step renders `batch_size` training views (per rank in a data-parallel job, recon.distributed).
 """
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from gsplat.strategy import DefaultStrategy
 
 from data import Scene
+from recon import distributed
 from recon.export import read_ply, write_ply
 from recon.methods.base import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Between, Method, TrainConfig
 from recon.metrics import ssim
+from renderers.shards import randint_rows
 from renderers.splatting import rasterization
 
 SH_C0 = 0.28209479177387814  # Y_0^0: colour = SH_C0 · sh0 + 0.5
@@ -35,9 +37,10 @@ class SplatConfig(TrainConfig):
         "lr_means": POSITIVE, "lr_means_final": POSITIVE, "lr_scales": NON_NEGATIVE, "lr_quats": NON_NEGATIVE,
         "lr_opacities": NON_NEGATIVE, "lr_sh0": NON_NEGATIVE, "lr_shN": NON_NEGATIVE, "refine_start": NON_NEGATIVE,
         "refine_stop": NON_NEGATIVE, "refine_every": COUNT, "reset_opacity_every": COUNT, "grow_grad2d": POSITIVE,
-        "guidance": ("none", "boundary", "center", "mask"), "guidance_thickness": COUNT,
+        "guidance": ("none", "boundary", "center", "mask"), "guidance_thickness": COUNT, "batch_size": COUNT,
     }
     max_steps: int = 30_000
+    batch_size: int = 1  # training views rendered per step (per rank in a data-parallel job)
     init: str = "points"  # "points" (the scene's point cloud; random if it has none) or "random"
     init_num_random: int = 100_000  # Gaussians for random initialisation
     init_opacity: float = 0.1
@@ -87,13 +90,13 @@ class Splat(Method):
     def __init__(self, config: SplatConfig, scene: Scene, gaussians: dict[str, torch.Tensor] | None = None, device: torch.device | str | None = None) -> None:
         """`gaussians`: raw parameters to start from (as `read_ply` returns) instead of `config.init`."""
         super().__init__(config, scene, device)
-        self.generator = torch.Generator(self.device).manual_seed(config.seed)
+        self.generator = distributed.generator(config.seed, self.device)
         self.scene_scale = self._scene_scale()
         self.register_buffer("background", torch.tensor(scene.background, dtype=torch.float32))
         initial = self._initial_gaussians() if gaussians is None else {k: torch.nn.Parameter(v.float().contiguous()) for k, v in gaussians.items()}
         self.params = torch.nn.ParameterDict(initial)
         self.to(self.device)
-        self.strategy = DefaultStrategy(
+        self.strategy = distributed.SharedDensification(  # gsplat's DefaultStrategy (its statistics summed over the ranks of a job)
             refine_start_iter=config.refine_start,
             refine_stop_iter=config.refine_stop,
             refine_every=config.refine_every,
@@ -178,25 +181,25 @@ class Splat(Method):
         return {"rgb": rgb[0].clamp(0, 1), "depth": depth[0, ..., 0], "opacity": alpha[0, ..., 0]}
 
     def train_step(self, step: int) -> dict[str, float]:
-        view = int(torch.randint(0, self.train_images.shape[0], (1,), generator=self.generator, device=self.device))
-        target = self.train_images[view]  # [H, W, 3]
-        height, width = target.shape[:2]
+        views = randint_rows(self.train_images.shape[0], (self.config.batch_size,), self.generator, self.device)  # [B]
+        target = self.train_images[views]  # [B, H, W, 3]
+        height, width = target.shape[1:3]
         background = torch.rand(3, generator=self.generator, device=self.device) if self.config.random_background else self.background
-        rgb, _, alpha, info = self.rasterize(self.train_K[view : view + 1], self.train_c2w[view : view + 1], width, height, self.sh_degree_at(step), background)
+        rgb, _, alpha, info = self.rasterize(self.train_K[views], self.train_c2w[views], width, height, self.sh_degree_at(step), background)
         if self.config.random_background and self.scene.masks is not None:  # re-composite the target
-            mask = self.scene.masks[self.scene.split("train")[view]][..., None].to(self.device)
+            mask = self.scene.masks[self.scene.split("train")[views.cpu()]][..., None].to(self.device)  # [B, H, W, 1]
             target = (target - (1 - mask) * self.background) + (1 - mask) * background
         self.strategy.step_pre_backward(self.params, self.optimizers, self.strategy_state, step, info)
-        l1 = (rgb[0] - target).abs().mean()
-        loss = (1 - self.config.ssim_lambda) * l1 + self.config.ssim_lambda * (1 - ssim(rgb[0], target))
+        l1 = (rgb - target).abs().mean()
+        loss = (1 - self.config.ssim_lambda) * l1 + self.config.ssim_lambda * (1 - ssim(rgb, target).mean())
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.backward(loss)
         for optimizer in self.optimizers.values():
             optimizer.step()
         self.means_scheduler.step()
         self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state, step, info, packed=False)
-        mse = F.mse_loss(rgb[0].detach(), target).item()
+        mse = F.mse_loss(rgb.detach(), target).item()
         return {"loss": loss.item(), "psnr": -10.0 * math.log10(max(mse, 1e-10)), "gaussians": self.num_gaussians}
 
     @classmethod

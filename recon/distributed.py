@@ -1,0 +1,196 @@
+"""Data-parallel training across processes: `torchrun --nproc-per-node N -m recon.cli train ...`.
+
+torchrun (or any launcher that sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT)
+starts one process per device; `init` joins them: NCCL with one GPU per rank (cuda:LOCAL_RANK),
+gloo on CPUs. What the ranks share, and how:
+
+- the batch: a step's global batch is the per-rank batch (rays_per_batch, batch_rays, batch_size)
+  × the world size. Every rank draws the random rows of the whole batch from the same seed and keeps
+  its own share (`renderers.shards`), so W ranks compute what one process with the global batch
+  computes, and draws that are not per row (occupancy grids, stages) agree without messages;
+- gradients: averaged over the ranks after every backward (`average_gradients`, one all-reduce of
+  a flat buffer), so every rank takes the same optimiser step and holds the same parameters;
+- 3DGS densification: the image-plane gradient statistics are summed over the ranks
+  (`SharedDensification`), so every rank grows, splits and prunes the same Gaussians. Every rank
+  holds the whole scene and renders its own views. gsplat's `distributed=True` (CUDA only) instead
+  shards the Gaussians over the GPUs and trades projected Gaussians all-to-all, for scenes larger
+  than one GPU's memory; replicating them needs no sharded rasterizer and runs on gloo CPUs too;
+- the run directory: rank 0 alone writes it (config, checkpoints, metrics, curves) and shows the
+  progress bar; logged statistics are averaged over the ranks (rays summed). At every checkpoint
+  the ranks compare parameter checksums (`check_identical`). A checkpoint holds one copy of the
+  state and resumes with any world size;
+- failures: when a rank dies, the others' next collective fails (gloo: as soon as its connection
+  drops; a hung rank: after RECON_DIST_TIMEOUT seconds, default 600) with `DistributedError`, and
+  torchrun stops the job.
+"""
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from gsplat.strategy import DefaultStrategy
+
+from renderers.shards import sharded_generator
+
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+class DistributedError(RuntimeError):
+    """A collective failed: another rank stopped, or did not answer in time."""
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the run directory and talks to the user."""
+        return self.rank == 0
+
+
+def world() -> World:
+    """This process's place in the job (a world of one outside torchrun)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def timeout_seconds() -> float:
+    text = os.environ.get("RECON_DIST_TIMEOUT", "600")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"RECON_DIST_TIMEOUT={text}: expected a positive number of seconds")
+    return seconds
+
+
+def init(device: str | None) -> tuple[World, str | None]:
+    """Join the job that torchrun started when WORLD_SIZE > 1; returns the world and the device this
+    rank trains on (cuda:LOCAL_RANK when `device` is CUDA or None with CUDA present, else `device`)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return world(), device
+    if missing := [name for name in LAUNCH_VARIABLES if name not in os.environ]:
+        raise ValueError(f"WORLD_SIZE is set but {', '.join(missing)} not: start data-parallel jobs with torchrun --nproc-per-node N -m recon.cli ...")
+    local_rank = int(os.environ["LOCAL_RANK"])
+    cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK={local_rank}: this machine has {torch.cuda.device_count()} GPUs (one rank per GPU: --nproc-per-node ≤ that)")
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_seconds()))
+    return world(), device
+
+
+def finish() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextmanager
+def collective(what: str):
+    """Turn a failed collective into one DistributedError saying which rank saw what."""
+    try:
+        yield
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0]  # without gloo's source location and advice
+        raise DistributedError(f"rank {world().rank}: {what} failed, another rank stopped or timed out ({first})") from None
+
+
+def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The random generator of a method: the same seed on every rank, drawing this rank's share of
+    each per-row batch (renderers.shards)."""
+    w = world()
+    return sharded_generator(seed, device, w.rank, w.size)
+
+
+def average_gradients(parameters) -> None:
+    """Replace every gradient by its mean over the ranks (no-op in a world of one). A parameter with no
+    gradient on any rank keeps none; one with a gradient somewhere gets zeros where it had none."""
+    w = world()
+    if w.size == 1:
+        return
+    params = [p for p in parameters if p.requires_grad]
+    if not params:
+        return
+    device = params[0].device
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)  # [P]
+    with collective("averaging gradients"):
+        dist.all_reduce(has_grad, dist.ReduceOp.MAX)
+        used = [p for p, flag in zip(params, has_grad.tolist()) if flag]
+        for p in used:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in used])  # [sum of sizes]
+        dist.all_reduce(flat)
+    flat /= w.size
+    offset = 0
+    for p in used:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
+
+
+def reduce_stats(stats: dict[str, float]) -> dict[str, float]:
+    """A step's statistics for the global batch: the ranks' mean, but "rays" summed."""
+    w = world()
+    if w.size == 1:
+        return stats
+    keys = sorted(stats)
+    values = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64)
+    with collective("gathering step statistics"):
+        dist.all_reduce(values)
+    return {k: type(stats[k])(v if k == "rays" else v / w.size) for k, v in zip(keys, values.tolist())}
+
+
+def check_identical(module: torch.nn.Module, step: int) -> None:
+    """DistributedError unless every rank holds the same parameters (compared by checksums)."""
+    w = world()
+    if w.size == 1:
+        return
+    flat = torch.cat([p.detach().reshape(-1).double().cpu() for p in module.parameters()])
+    checksum = torch.stack([flat.sum(), (flat * flat).sum(), torch.tensor(float(flat.numel()), dtype=torch.float64)])  # [3]
+    gathered = [torch.empty_like(checksum) for _ in range(w.size)]
+    with collective("comparing parameters"):
+        dist.all_gather(gathered, checksum)
+    if differing := [rank for rank, other in enumerate(gathered) if not torch.equal(other, gathered[0])]:
+        raise DistributedError(f"step {step}: ranks {differing} hold other parameters than rank 0 (something drew random numbers per rank)")
+
+
+def broadcast(value):
+    """Rank 0's `value` (any picklable object) on every rank."""
+    if world().size == 1:
+        return value
+    box = [value]
+    with collective("sharing rank 0's settings"):
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class SharedDensification(DefaultStrategy):
+    """gsplat's DefaultStrategy with its image-plane gradient statistics summed over the ranks (the
+    count of views that saw each Gaussian too, and the largest screen radius), so that each rank,
+    having rendered its own views, densifies as one process rendering all of them would."""
+
+    def _update_state(self, params, state, info, packed: bool = False) -> None:
+        if world().size == 1:
+            return super()._update_state(params, state, info, packed)
+        before = {key: None if state[key] is None else state[key].clone() for key in ("grad2d", "count")}
+        super()._update_state(params, state, info, packed)
+        with collective("sharing densification statistics"):
+            for key, old in before.items():
+                added = state[key] if old is None else state[key] - old  # [N] this rank's views
+                dist.all_reduce(added)
+                state[key] = added if old is None else old + added
+            if state.get("radii") is not None:
+                dist.all_reduce(state["radii"], dist.ReduceOp.MAX)

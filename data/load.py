@@ -38,6 +38,12 @@ def load(path: str | Path, **kwargs: Any) -> Scene:
     raise DataError(f"{root}: unknown dataset format (expected {' or '.join(FORMATS)})")
 
 
+def is_dataset(path: str | Path) -> bool:
+    """Whether `path` is a folder in a format `load` recognises (its files may still be broken)."""
+    root = Path(path)
+    return root.is_dir() and any(detect(root) for detect, _ in FORMATS.values())
+
+
 def loader_options() -> set[str]:
     """Every keyword option some format's loader takes."""
     return {name for _, loader in FORMATS.values() for name in _options(loader)}

@@ -1,4 +1,5 @@
-"""`recon` command line: data synth|colmap | train | gpf edit | dream | detect reconstruct|train|eval | eval | render | view | export.
+"""`recon` command line: data synth|colmap | train | gpf edit | dream | detect reconstruct|train|eval | batch train | eval-suite
+| eval | render | view | export.
 
 Errors a user can fix (bad paths, malformed data, wrong checkpoints, unknown settings) end in one
 line naming the file or argument, and exit status 2.
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -100,6 +102,21 @@ def _parser() -> argparse.ArgumentParser:
     detect_eval.add_argument("--split", default="val", choices=["train", "val", "test"])
     detect_eval.add_argument("--out", type=Path, default=None, help="results JSON (default RUN/eval/results.json, or PRED.ap.json beside PRED.json)")
 
+    batch_cmd = commands.add_parser("batch", help="many independent scenes on Ray (or a local process pool)").add_subparsers(dest="batch_command", required=True)
+    batch_train = batch_cmd.add_parser("train", help="train and evaluate one run per scene (finished scenes are skipped, interrupted ones resume)")
+    batch_train.add_argument("method", help="a per-scene method, e.g. splat or nerf")
+    batch_train.add_argument("--scenes", required=True, metavar="GLOB", help="quoted glob of scene folders, e.g. 'data/*' (folders in no format recon reads are left out)")
+    batch_train.add_argument("--out", type=Path, required=True, help="RUNS_ROOT: a run per scene in RUNS_ROOT/<scene>/, summary.json and summary.md")
+    _add_batch_options(batch_train)
+
+    suite = commands.add_parser("eval-suite", help="train and evaluate a benchmark's scenes; paper-style tables (Markdown, JSON, CSV) and a PSNR chart")
+    suite.add_argument("benchmark", choices=["blender", "llff", "scannet", "dtu"])
+    suite.add_argument("root", type=Path, help="the benchmark's root, e.g. nerf_synthetic/ (its standard scenes, else every scene present)")
+    suite.add_argument("--method", required=True, help="a per-scene method, e.g. splat")
+    suite.add_argument("--out", type=Path, required=True, help="DIR: runs/<scene>/, results.md|json|csv, psnr.png")
+    suite.add_argument("--compare", type=Path, default=None, metavar="DIR2", help="another suite's DIR: per-scene and mean differences (this − DIR2) in DIR/compare.md")
+    _add_batch_options(suite)
+
     evaluate = commands.add_parser("eval", help="render the test split of a run (or a 3DGS .ply) and write PSNR/SSIM/LPIPS")
     evaluate.add_argument("run_dir", type=Path, help="run directory, or a 3DGS .ply file (then --data is needed)")
     evaluate.add_argument("--data", type=Path, default=None, help="dataset to evaluate a .ply file on, or an unseen scene for a generalizing run (gpf)")
@@ -138,6 +155,19 @@ def _add_run_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--viewer", action="store_true", help="serve a live viser viewer while training (and after, until Ctrl-C)")
     command.add_argument("--viewer-port", type=int, default=8080, help="viewer port (the next free one if taken)")
     command.add_argument("--viewer-host", default="127.0.0.1", help="viewer interface (default loopback only; 0.0.0.0 exposes it to the network)")
+
+
+def _add_batch_options(command: argparse.ArgumentParser) -> None:
+    """What every many-scene command takes: the run settings of each scene and the engine."""
+    command.add_argument("--preset", default="default", help="named configuration, e.g. fast")
+    command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field")
+    command.add_argument("--max-steps", type=int, default=None)
+    command.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="a loader option, e.g. downscale=2")
+    command.add_argument("--workers", type=int, default=1, help="scenes trained at once on this machine")
+    command.add_argument("--cpus-per-job", type=int, default=None, help="CPU cores (torch threads) per scene (default: the cores shared among the workers)")
+    command.add_argument("--gpus-per-job", type=float, default=0, help="GPUs per scene (Ray may share one: 0.5); 0 trains on the CPU")
+    command.add_argument("--address", default=None, help="join this Ray cluster (e.g. auto, or HEAD_IP:6379) instead of starting a local Ray")
+    command.add_argument("--no-ray", action="store_true", help="a local process pool even when Ray is installed")
 
 
 def _overrides(pairs: list[str]) -> dict[str, str]:
@@ -331,8 +361,6 @@ def cmd_detect(args: argparse.Namespace) -> None:
 
 
 def cmd_detect_reconstruct(args: argparse.Namespace) -> None:
-    from rich.progress import Progress
-
     import data
     from detect.reconstruct import reconstruct
     from recon.io import write_json
@@ -344,15 +372,76 @@ def cmd_detect_reconstruct(args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise ValueError(f"--workers {args.workers}: expected a positive number")
     scenes = [scene for split in args.split for scene in data.scannet_scenes(args.data, split)]
-    with Progress() as progress:
-        task = progress.add_task("reconstruct", total=len(scenes))
+    with _scene_progress("reconstruct", len(scenes)) as progress:
         rows = reconstruct(scenes, args.out, guidance=args.guidance, preset=args.preset, overrides=overrides, data_options=options,
-                           workers=args.workers, progress=lambda row: progress.update(task, advance=1, description=f"{row['scene']} {row['status']}"))
+                           workers=args.workers, progress=progress)
     write_json(args.out / "reconstruct.json", rows)
+    _report(rows, args.out, args.out / "reconstruct.json")
+
+
+@contextmanager
+def _scene_progress(label: str, total: int):
+    """A progress bar counting scenes; yields the callback that advances it with a job's row."""
+    from rich.progress import Progress
+
+    with Progress() as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda row: progress.update(task, advance=1, description=f"{row['scene']} {row['status']}")
+
+
+def _report(rows: list[dict], out: Path, table: Path) -> None:
+    """Print how many scenes were trained, resumed, skipped, failed; one error line if any failed."""
     counts = {status: sum(r["status"] == status for r in rows) for status in ("trained", "resumed", "skipped", "failed")}
-    print(", ".join(f"{n} {status}" for status, n in counts.items() if n) + f" -> {args.out}")
+    print(", ".join(f"{n} {status}" for status, n in counts.items() if n) + f" -> {out}")
     if failed := [r for r in rows if r["status"] == "failed"]:
-        raise ValueError(f"{len(failed)} of {len(rows)} scenes failed (first: {failed[0]['scene']}: {failed[0]['error']}); see {args.out / 'reconstruct.json'}")
+        raise ValueError(f"{len(failed)} of {len(rows)} scenes failed (first: {failed[0]['scene']}: {failed[0]['error']}); see {table}")
+
+
+def cmd_batch(args: argparse.Namespace) -> None:
+    from recon.batch import find_scenes
+
+    rows = _batch(args, find_scenes(args.scenes), args.out)
+    _report(rows, args.out, args.out / "summary.md")
+
+
+def _batch(args: argparse.Namespace, scenes: list[Path], out: Path) -> list[dict]:
+    """Train and evaluate args.method on every scene into out/<scene>/ on the engine the options ask
+    for; writes out/summary.json and summary.md; the rows. Bad options fail before anything is written."""
+    from recon.batch import RAY_HINT, choose_engine, make_jobs, run_jobs, write_summary
+    from recon.methods import find_method
+    from recon.runs import apply_overrides, preset_config
+
+    method_cls = find_method(args.method)
+    if method_cls.generalizes or method_cls.name == "dream":
+        raise ValueError(f"{method_cls.name}: not a per-scene method (recon {'train gpf --data ROOT' if method_cls.generalizes else 'dream'} trains it)")
+    overrides = _overrides(args.set) | ({"max_steps": str(args.max_steps)} if args.max_steps is not None else {})
+    apply_overrides(preset_config(method_cls, args.preset), overrides)  # bad settings fail here, once
+    options = _data_options(args.data_option)
+    engine = choose_engine(args.workers, args.cpus_per_job, args.gpus_per_job, args.address, args.no_ray)
+    if engine.kind == "processes" and not args.no_ray:
+        print(RAY_HINT, file=sys.stderr)
+    jobs = make_jobs(scenes, out, method_cls.name, engine, preset=args.preset, overrides=overrides, data_options=options)
+    with _scene_progress(f"{method_cls.name} on {engine.kind}", len(jobs)) as progress:
+        rows = run_jobs(jobs, engine, progress)
+    write_summary(out, rows, method=method_cls.name, preset=args.preset, engine=engine.kind)
+    return rows
+
+
+def cmd_eval_suite(args: argparse.Namespace) -> None:
+    from recon.io import write_text
+    from recon.suite import compare, read_results, suite_results, suite_scenes, write_results
+
+    other = read_results(args.compare) if args.compare is not None else None
+    scenes, note = suite_scenes(args.benchmark, args.root)
+    print(note)
+    rows = _batch(args, scenes, args.out / "runs")
+    results = suite_results(rows, benchmark=args.benchmark, method=args.method, preset=args.preset, scene_list=note)
+    print(write_results(args.out, results))
+    if other is not None:
+        table = compare(results, other, args.compare)
+        write_text(args.out / "compare.md", table)
+        print(table)
+    _report(rows, args.out, args.out / "runs" / "summary.md")
 
 
 def cmd_detect_train(args: argparse.Namespace) -> None:
@@ -563,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     parallel = args.command in ("train", "dream") or (args.command == "detect" and args.detect_command == "train")
-    handlers = {"data": cmd_data, "train": cmd_train, "gpf": cmd_gpf_edit, "dream": cmd_dream, "detect": cmd_detect, "eval": cmd_eval, "render": cmd_render, "view": cmd_view, "export": cmd_export}
+    handlers = {"data": cmd_data, "train": cmd_train, "gpf": cmd_gpf_edit, "dream": cmd_dream, "detect": cmd_detect, "batch": cmd_batch, "eval-suite": cmd_eval_suite, "eval": cmd_eval, "render": cmd_render, "view": cmd_view, "export": cmd_export}
     shown = warnings.showwarning
     warnings.showwarning = _show_warning
     try:

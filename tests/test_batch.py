@@ -1,0 +1,70 @@
+"""`recon batch train` on the real Ray runtime (a local one of 2 CPUs) and on the process pool that
+replaces it without Ray: one job per scene, a broken scene failing alone, a rerun skipping the
+finished scenes, an interrupted run resuming from its checkpoint, and the summary tables."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from data.synth import generate
+from recon.batch import RAY_HINT
+from recon.cli import main
+from training import one_thread
+
+STEPS = ["--preset", "fast", "--max-steps", "30", "--set", "eval_views=1"]
+ENGINE = ["--workers", "2", "--cpus-per-job", "1"]  # 2 CPUs, one torch thread per job
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """ROOT/{a,b,c}: tiny Blender scenes, c's transforms_train.json corrupted."""
+    root = tmp_path_factory.mktemp("batch")
+    for seed, name in enumerate("abc"):
+        generate(root / name, seed=seed, views=8, res=32)
+    (root / "c" / "transforms_train.json").write_text('{"camera_angle_x": ')
+    (root / "notes").mkdir()  # not a dataset: not a scene
+    return root
+
+
+def summary(out) -> dict[str, dict]:
+    return {row["scene"]: row for row in json.loads((out / "summary.json").read_text())["rows"]}
+
+
+def test_ray_batch_fails_one_scene_alone_resumes_and_skips(scenes, tmp_path, capsys):
+    out = tmp_path / "runs"
+    with one_thread():  # an interrupted run of b: a checkpoint at step 10 of 30
+        assert main(["train", "splat", "--data", str(scenes / "b"), *STEPS, "--max-steps", "10", "--quiet", "--out", str(out / "b")]) == 0
+    capsys.readouterr()
+    argv = ["batch", "train", "splat", "--scenes", str(scenes / "*"), *STEPS, "--out", str(out), *ENGINE]
+
+    assert main(argv) == 2
+    rows, captured = summary(out), capsys.readouterr()
+    assert json.loads((out / "summary.json").read_text())["engine"] == "ray"
+    assert {scene: row["status"] for scene, row in rows.items()} == {"a": "trained", "b": "resumed", "c": "failed"}
+    assert "JSON" in rows["c"]["error"] and "transforms_train.json" in rows["c"]["error"]
+    assert captured.err.strip().splitlines() == [f"recon: error: 1 of 3 scenes failed (first: c: {rows['c']['error']}); see {out / 'summary.md'}"]
+    for scene in "ab":
+        results = json.loads((out / scene / "eval" / "results.json").read_text())["mean"]
+        assert rows[scene]["psnr"] == results["psnr"] > 15 and rows[scene]["ssim"] == results["ssim"] and rows[scene]["fps"] > 0
+        assert rows[scene]["train_time"] > 0 and (out / scene / "checkpoints" / "step_0000030.pt").is_file()
+    steps = [json.loads(line)["step"] for line in (out / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[0] == 10 and steps[-1] == 30  # continued from the checkpoint, not restarted
+    table = (out / "summary.md").read_text()
+    assert f"| a | trained | {rows['a']['psnr']:.2f} |" in table and "| c | failed |" in table
+
+    assert main(argv) == 2  # the rerun: finished scenes skipped, the broken one tried and reported again
+    again = summary(out)
+    assert {scene: row["status"] for scene, row in again.items()} == {"a": "skipped", "b": "skipped", "c": "failed"}
+    assert again["a"]["psnr"] == rows["a"]["psnr"] and "2 skipped, 1 failed" in capsys.readouterr().out
+
+
+def test_process_pool_without_ray_gives_the_same_statuses(scenes, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # Ray not importable
+    out = tmp_path / "runs"
+    assert main(["batch", "train", "splat", "--scenes", str(scenes / "[ac]"), *STEPS, "--out", str(out), "--workers", "1", "--cpus-per-job", "1"]) == 2
+    rows, err = summary(out), capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["engine"] == "processes"
+    assert {scene: row["status"] for scene, row in rows.items()} == {"a": "trained", "c": "failed"} and rows["a"]["psnr"] > 15
+    assert err.count(RAY_HINT) == 1 and "pip install -e '.[cluster]'" in err

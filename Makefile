@@ -31,6 +31,7 @@ bench: setup
 	$(PY) bench/splat_raster.py
 	$(PY) bench/splat_train.py
 	$(PY) bench/dream.py
+	$(PY) bench/distributed.py
 
 clean-demo:
 	rm -rf $(DEMO_SCENE) $(DEMO_RUNS)

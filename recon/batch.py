@@ -1,10 +1,11 @@
-"""Many independent per-scene jobs (`recon batch train`, `recon eval-suite`, `recon detect reconstruct`).
+"""Many independent per-scene jobs (`recon batch train|prepare`, `recon eval-suite`, `recon detect reconstruct`).
 
 A job trains one scene into its own run directory, then writes its products: `eval/` on the test
-split (as `recon eval`) and/or `export/point_cloud.ply`. Jobs are idempotent: a run whose
-checkpoint is at max_steps and whose products exist is skipped, a run with an earlier checkpoint
-resumes from it, and a failing job is a row with status "failed" and its error that never stops
-the others. An `Engine` runs the jobs as Ray tasks (a local Ray runtime, or the cluster at
+split (as `recon eval`) and/or `export/point_cloud.ply`; or (task "scaffold") fuses GPF's point
+scaffold of one scene into a cache folder that GPF runs read (`scaffolds=FOLDER`). Jobs are
+idempotent: a run whose checkpoint is at max_steps and whose products exist is skipped, a run with
+an earlier checkpoint resumes from it (a cached scaffold is skipped), and a failing job is a row
+with status "failed" and its error that never stops the others. An `Engine` runs the jobs as Ray tasks (a local Ray runtime, or the cluster at
 `address`), in a local pool of spawned processes, or one after another in this process.
 
     RUNS_ROOT/<scene>/                   a run directory (config.json, checkpoints/, metrics.jsonl, eval/, export/)
@@ -18,7 +19,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -45,6 +46,7 @@ class Job:
     gpus: float = 0  # > 0: train on CUDA when the worker has it
     evaluate: bool = True  # eval/ on the test split
     export: bool = False  # export/point_cloud.ply (Gaussian methods)
+    task: str = "train"  # "train", or "scaffold": GPF's point scaffold into the folder above run_dir
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,10 @@ def run_job(job: Job) -> dict:
     tic = time.perf_counter()
     row = {"scene": Path(job.scene).name}
     try:
-        status = _train_and_write(job)
-        row |= {"status": status, **run_summary(Path(job.run_dir))}
+        if job.task == "scaffold":
+            row |= _prepare_scaffold(job)
+        else:
+            row |= {"status": _train_and_write(job), **run_summary(Path(job.run_dir))}
     except Exception as error:  # noqa: BLE001 — one failing scene is reported, the others go on
         row |= failed(error)
     return {**row, "seconds": round(time.perf_counter() - tic, 1)}
@@ -153,6 +157,20 @@ def _train_and_write(job: Job) -> str:
     if job.evaluate:
         evaluate(method, run_dir / "eval")
     return "resumed" if checkpoint is not None else "trained"
+
+
+def _prepare_scaffold(job: Job) -> dict:
+    """GPF's point scaffold of job.scene, cached in the folder that holds job.run_dir (skipped when
+    there); its status and point count."""
+    import data
+    from recon.methods.gpf import GPF, PointScene, scaffold_path
+    from recon.runs import apply_overrides, preset_config
+
+    config = replace(apply_overrides(preset_config(GPF, job.preset), job.overrides), scaffolds=str(Path(job.run_dir).parent))
+    scene = data.load(job.scene, **job.data_options)
+    status = "skipped" if scaffold_path(config.scaffolds, scene, config).is_file() else "prepared"
+    torch.set_num_threads(job.threads)
+    return {"status": status, "points": len(PointScene.prepare(scene, config).points)}
 
 
 def run_summary(run_dir: Path) -> dict:
@@ -252,9 +270,9 @@ def markdown_table(rows: list[dict], columns: tuple = (SCENE, *METRICS), sign: s
     return "\n".join(lines) + "\n"
 
 
-def write_summary(out_root: Path, rows: list[dict], **header) -> None:
-    """out_root/summary.json ({**header, "rows": rows}) and summary.md."""
+def write_summary(out_root: Path, rows: list[dict], metrics: tuple = METRICS, **header) -> None:
+    """out_root/summary.json ({**header, "rows": rows}) and summary.md, with the `metrics` columns."""
     write_json(Path(out_root) / "summary.json", {**header, "rows": rows})
-    columns = (SCENE, ("status", "status", None), *METRICS, ("seconds", "seconds", 1), ("error", "error", None))
+    columns = (SCENE, ("status", "status", None), *metrics, ("seconds", "seconds", 1), ("error", "error", None))
     title = ", ".join(f"{k} {v}" for k, v in header.items())
     write_text(Path(out_root) / "summary.md", f"# {title}\n\n" + markdown_table(rows, columns))

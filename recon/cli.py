@@ -1,4 +1,4 @@
-"""`recon` command line: data synth|colmap | train | gpf edit | dream | detect reconstruct|train|eval | batch train | eval-suite
+"""`recon` command line: data synth|colmap | train | gpf edit | dream | detect reconstruct|train|eval | batch train|prepare | eval-suite
 | eval | render | view | export.
 
 Errors a user can fix (bad paths, malformed data, wrong checkpoints, unknown settings) end in one
@@ -108,6 +108,11 @@ def _parser() -> argparse.ArgumentParser:
     batch_train.add_argument("--scenes", required=True, metavar="GLOB", help="quoted glob of scene folders, e.g. 'data/*' (folders in no format recon reads are left out)")
     batch_train.add_argument("--out", type=Path, required=True, help="RUNS_ROOT: a run per scene in RUNS_ROOT/<scene>/, summary.json and summary.md")
     _add_batch_options(batch_train)
+    batch_prepare = batch_cmd.add_parser("prepare", help="GPF's per-scene preprocessing: each scene's point scaffold fused into a cache (recon train gpf --set scaffolds=CACHE)")
+    batch_prepare.add_argument("method", choices=["gpf"])
+    batch_prepare.add_argument("--scenes", required=True, metavar="GLOB", help="quoted glob of scene folders, e.g. 'ROOT/scene_*'")
+    batch_prepare.add_argument("--out", type=Path, required=True, help="CACHE: CACHE/<scene>/scaffold-<settings hash>.pt, summary.json and summary.md")
+    _add_batch_options(batch_prepare)
 
     suite = commands.add_parser("eval-suite", help="train and evaluate a benchmark's scenes; paper-style tables (Markdown, JSON, CSV) and a PSNR chart")
     suite.add_argument("benchmark", choices=["blender", "llff", "scannet", "dtu"])
@@ -391,7 +396,7 @@ def _scene_progress(label: str, total: int):
 
 def _report(rows: list[dict], out: Path, table: Path) -> None:
     """Print how many scenes were trained, resumed, skipped, failed; one error line if any failed."""
-    counts = {status: sum(r["status"] == status for r in rows) for status in ("trained", "resumed", "skipped", "failed")}
+    counts = {status: sum(r["status"] == status for r in rows) for status in ("trained", "resumed", "prepared", "skipped", "failed")}
     print(", ".join(f"{n} {status}" for status, n in counts.items() if n) + f" -> {out}")
     if failed := [r for r in rows if r["status"] == "failed"]:
         raise ValueError(f"{len(failed)} of {len(rows)} scenes failed (first: {failed[0]['scene']}: {failed[0]['error']}); see {table}")
@@ -400,19 +405,20 @@ def _report(rows: list[dict], out: Path, table: Path) -> None:
 def cmd_batch(args: argparse.Namespace) -> None:
     from recon.batch import find_scenes
 
-    rows = _batch(args, find_scenes(args.scenes), args.out)
+    rows = _batch(args, find_scenes(args.scenes), args.out, "train" if args.batch_command == "train" else "scaffold")
     _report(rows, args.out, args.out / "summary.md")
 
 
-def _batch(args: argparse.Namespace, scenes: list[Path], out: Path) -> list[dict]:
-    """Train and evaluate args.method on every scene into out/<scene>/ on the engine the options ask
-    for; writes out/summary.json and summary.md; the rows. Bad options fail before anything is written."""
-    from recon.batch import RAY_HINT, choose_engine, make_jobs, run_jobs, write_summary
+def _batch(args: argparse.Namespace, scenes: list[Path], out: Path, task: str = "train") -> list[dict]:
+    """Train and evaluate args.method on every scene into out/<scene>/ (task "train"), or fuse GPF's
+    scaffolds into the cache `out` (task "scaffold"), on the engine the options ask for; writes
+    out/summary.json and summary.md; the rows. Bad options fail before anything is written."""
+    from recon.batch import METRICS, RAY_HINT, choose_engine, make_jobs, run_jobs, write_summary
     from recon.methods import find_method
     from recon.runs import apply_overrides, preset_config
 
     method_cls = find_method(args.method)
-    if method_cls.generalizes or method_cls.name == "dream":
+    if task == "train" and (method_cls.generalizes or method_cls.name == "dream"):
         raise ValueError(f"{method_cls.name}: not a per-scene method (recon {'train gpf --data ROOT' if method_cls.generalizes else 'dream'} trains it)")
     overrides = _overrides(args.set) | ({"max_steps": str(args.max_steps)} if args.max_steps is not None else {})
     apply_overrides(preset_config(method_cls, args.preset), overrides)  # bad settings fail here, once
@@ -420,10 +426,11 @@ def _batch(args: argparse.Namespace, scenes: list[Path], out: Path) -> list[dict
     engine = choose_engine(args.workers, args.cpus_per_job, args.gpus_per_job, args.address, args.no_ray)
     if engine.kind == "processes" and not args.no_ray:
         print(RAY_HINT, file=sys.stderr)
-    jobs = make_jobs(scenes, out, method_cls.name, engine, preset=args.preset, overrides=overrides, data_options=options)
-    with _scene_progress(f"{method_cls.name} on {engine.kind}", len(jobs)) as progress:
+    jobs = make_jobs(scenes, out, method_cls.name, engine, preset=args.preset, overrides=overrides, data_options=options, task=task)
+    with _scene_progress(f"{method_cls.name} {task} on {engine.kind}", len(jobs)) as progress:
         rows = run_jobs(jobs, engine, progress)
-    write_summary(out, rows, method=method_cls.name, preset=args.preset, engine=engine.kind)
+    metrics = METRICS if task == "train" else (("points", "points", 0),)
+    write_summary(out, rows, metrics, method=method_cls.name, preset=args.preset, engine=engine.kind)
     return rows
 
 

@@ -60,15 +60,21 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint with weights_only=True; one clear error if it is missing or corrupt."""
+def load_tensors(path: Path, keys: tuple[str, ...], kind: str = "recon checkpoint") -> dict:
+    """Load a dict of tensors and plain values saved by save_checkpoint (weights_only=True) that must
+    hold `keys`; one clear error naming the file if it is missing, corrupt or another kind of file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+        raise CheckpointError(f"{path}: {kind} not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated/garbled files
-        raise CheckpointError(f"{path}: not a readable recon checkpoint ({type(error).__name__}: {error})".split("\n")[0]) from None
-    if not isinstance(state, dict) or "method" not in state or "step" not in state:
-        raise CheckpointError(f"{path}: not a recon checkpoint (no 'method'/'step' entries)")
+        raise CheckpointError(f"{path}: not a readable {kind} ({type(error).__name__}: {error})".split("\n")[0]) from None
+    if not isinstance(state, dict) or any(key not in state for key in keys):
+        raise CheckpointError(f"{path}: not a {kind} (no {'/'.join(repr(k) for k in keys)} entries)")
     return state
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a run's checkpoint (it names its method and step)."""
+    return load_tensors(path, ("method", "step"))

@@ -68,3 +68,35 @@ def test_process_pool_without_ray_gives_the_same_statuses(scenes, tmp_path, monk
     assert json.loads((out / "summary.json").read_text())["engine"] == "processes"
     assert {scene: row["status"] for scene, row in rows.items()} == {"a": "trained", "c": "failed"} and rows["a"]["psnr"] > 15
     assert err.count(RAY_HINT) == 1 and "pip install -e '.[cluster]'" in err
+
+
+def test_gpf_scaffolds_prepared_as_batch_jobs_are_what_training_reads(tmp_path, capsys):
+    """`recon batch prepare gpf` fuses each scene's scaffold on Ray into a cache; a rerun skips them;
+    a GPF run given the cache reads the same points it would have fused."""
+    import torch
+
+    import data
+    from data.synth import generate_scenes
+    from recon.methods.gpf import GPF, PointScene, scaffold_path
+    from recon.runs import apply_overrides
+
+    root = generate_scenes(tmp_path / "root", scenes=3, unseen=1, views=8, res=32)
+    cache = tmp_path / "cache"
+    argv = ["batch", "prepare", "gpf", "--scenes", str(root / "scene_*"), "--preset", "fast", "--out", str(cache), *ENGINE]
+    assert main(argv) == 0
+    rows = summary(cache)
+    assert {row["status"] for row in rows.values()} == {"prepared"} and len(rows) == 3
+    config = apply_overrides(GPF.presets["fast"], {"scaffolds": str(cache)})
+    for name, row in rows.items():
+        scene = data.load(root / name)
+        fused = PointScene.prepare(scene, apply_overrides(GPF.presets["fast"], {}))  # no cache: fused here
+        path = scaffold_path(cache, scene, config)
+        cached = PointScene.prepare(scene, config)
+        assert path.is_file() and row["points"] == len(cached.points)
+        assert torch.equal(cached.points, fused.points) and torch.equal(cached.labels, fused.labels)
+    assert main(argv) == 0 and {row["status"] for row in summary(cache).values()} == {"skipped"}
+    assert "3 skipped" in capsys.readouterr().out
+    files = sorted(cache.rglob("*.pt"))
+    with one_thread():
+        assert main(["train", "gpf", "--data", str(root), "--preset", "fast", "--max-steps", "2", "--set", f"scaffolds={cache}", "--quiet", "--out", str(tmp_path / "run")]) == 0
+    assert sorted(cache.rglob("*.pt")) == files  # read, none fused anew

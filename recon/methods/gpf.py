@@ -22,7 +22,10 @@ Deliberate differences from the official code (Mercerai/GPF):
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -31,6 +34,7 @@ import torch.nn.functional as F
 from data import Scene
 from recon import distributed
 from recon.fields.point_field import FeatureNet, KernelDecoder, PointFeatures, relative_encoding
+from recon.io import load_tensors, save_checkpoint
 from recon.methods.base import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Between, Method, TrainConfig
 from renderers.cameras import Rays, image_rays, make_rays, pixel_rays
 from renderers.points import clean_points, fuse_depths, knn, splat_depth
@@ -72,6 +76,7 @@ class GPFConfig(TrainConfig):
     chunk: int = 4096  # rays per chunk when rendering views
     sampling: str = "log"  # log (GPF), surface (even over prior ± 25 units) or uniform (even over near…far): the ablation
     finetune_from: str = ""  # a generalizable gpf run: per-scene finetuning of its model on this run's scene
+    scaffolds: str = ""  # a folder of cached point scaffolds (`recon batch prepare gpf` fills it): read when there, written when not
     finetune_lr: float = 0.01  # per-point features when finetuning (positions: finetune_lr × unit × 0.1)
 
 
@@ -93,6 +98,12 @@ class PointScene:
 
     @classmethod
     def prepare(cls, scene: Scene, config: GPFConfig) -> "PointScene":
+        """Fuse the training views' depth maps into the scaffold, downsample it and drop outliers. With
+        `config.scaffolds` the result is read from its cache file when there, and written there when not."""
+        cache = scaffold_path(config.scaffolds, scene, config) if config.scaffolds else None
+        if cache is not None and cache.is_file():
+            saved = load_tensors(cache, ("points", "sources", "labels"), "GPF scaffold")
+            return cls(scene, saved["points"], saved["sources"], saved["labels"])
         if scene.depths is None:
             raise ValueError(f"{scene.root}: GPF needs per-view depth maps to build its point scaffold (DTU and generated scenes have them)")
         train = scene.split("train")
@@ -107,6 +118,8 @@ class PointScene:
         labels = None
         if scene.instance_ids is not None:  # each downsampled point takes the instance of its nearest fused point
             labels = fused_ids[knn(points, fused, 1)[0][:, 0], 0].round().long()
+        if cache is not None:
+            save_checkpoint(cache, {"points": points, "sources": train, "labels": labels})
         return cls(scene, points, train, labels)
 
     def nearest_sources(self, c2w: torch.Tensor, count: int, exclude: int | None = None) -> torch.Tensor:
@@ -114,6 +127,18 @@ class PointScene:
         candidates = self.sources[self.sources != exclude] if exclude is not None else self.sources
         distance = (self.scene.c2w[candidates, :3, 3] - c2w[:3, 3]).norm(dim=-1)
         return candidates[distance.argsort()[:count]]
+
+
+FUSION_SETTINGS = ("unit", "fuse_neighbours", "fuse_consistent", "voxel_size", "outlier_radius", "outlier_neighbours", "neighbours")
+
+
+def scaffold_path(folder: str | Path, scene: Scene, config: GPFConfig) -> Path:
+    """A scene's cached scaffold: FOLDER/<scene>/scaffold-<hash>.pt, the hash of the scene's folder,
+    image size, view count and the fusion settings (so changing any of them makes a new file)."""
+    key = {"root": str(Path(scene.root).resolve()), "size": [scene.width, scene.height], "views": len(scene.images),
+           **{name: getattr(config, name) for name in FUSION_SETTINGS}}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(folder) / scene.name / f"scaffold-{digest}.pt"
 
 
 class GPF(Method):

@@ -161,11 +161,11 @@ class DetectionTraining(Trainable):
         self.generator = distributed.generator(config.seed)  # sampling and augmentation
         self._fps: dict[str, torch.Tensor] = {}  # farthest-point samples are deterministic: one per scene
 
-    def batch_scenes(self, step: int) -> list[int]:
+    def batch_scenes(self, step: int, world: distributed.World | None = None) -> list[int]:
         """Indices of this rank's training scenes of `step`. The global batch (batch_size × world size)
         is a consecutive slice of per-epoch permutations, and each rank takes its own part of it, as
-        a DistributedSampler shards an epoch."""
-        world = distributed.world()
+        a DistributedSampler shards an epoch. `world`: this process's (default)."""
+        world = world or distributed.world()
         count, size = len(self.data.train), self.config.batch_size * world.size
         first, last = step * size, (step + 1) * size
         order = torch.cat([torch.randperm(count, generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch))

@@ -108,6 +108,11 @@ def collective(what: str):
         raise DistributedError(f"rank {world().rank}: {what} failed, another rank stopped or timed out ({first})") from None
 
 
+def _collective_device() -> torch.device:
+    """Where small tensors for a collective must live: this rank's GPU under NCCL, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The random generator of a method: the same seed on every rank, drawing this rank's share of
     each per-row batch (renderers.shards)."""
@@ -147,7 +152,7 @@ def reduce_stats(stats: dict[str, float]) -> dict[str, float]:
     if w.size == 1:
         return stats
     keys = sorted(stats)
-    values = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64)
+    values = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=_collective_device())
     with collective("gathering step statistics"):
         dist.all_reduce(values)
     return {k: type(stats[k])(v if k == "rays" else v / w.size) for k, v in zip(keys, values.tolist())}
@@ -158,8 +163,8 @@ def check_identical(module: torch.nn.Module, step: int) -> None:
     w = world()
     if w.size == 1:
         return
-    flat = torch.cat([p.detach().reshape(-1).double().cpu() for p in module.parameters()])
-    checksum = torch.stack([flat.sum(), (flat * flat).sum(), torch.tensor(float(flat.numel()), dtype=torch.float64)])  # [3]
+    flat = torch.cat([p.detach().reshape(-1).double().to(_collective_device()) for p in module.parameters()])
+    checksum = torch.stack([flat.sum(), (flat * flat).sum(), flat.new_tensor(float(flat.numel()))])  # [3]
     gathered = [torch.empty_like(checksum) for _ in range(w.size)]
     with collective("comparing parameters"):
         dist.all_gather(gathered, checksum)

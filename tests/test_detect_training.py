@@ -15,7 +15,8 @@ from data.rooms import generate_rooms  # noqa: E402
 from detect.dataset import DetectionScene  # noqa: E402
 from detect.training import PRESETS, DetectionData, DetectionTraining, average_precision  # noqa: E402
 from recon.cli import detection_viewer, main  # noqa: E402
-from training import one_thread, run_training  # noqa: E402
+from recon.distributed import World  # noqa: E402
+from training import one_thread, run_training, torchrun  # noqa: E402
 from test_viewer import free_port  # noqa: E402
 
 
@@ -54,6 +55,9 @@ def test_resume_equals_an_uninterrupted_run_and_epochs_cover_every_scene(two_roo
     batches = [method.batch_scenes(step) for step in range(6)]
     for epoch in range(4):  # 3 scenes, 2 per step: every scene exactly once per epoch
         assert sorted(sum(batches, [])[3 * epoch : 3 * epoch + 3]) == [0, 1, 2]
+    for step in range(3):  # 2 ranks of 2 scenes share out the 4 scenes of one process with batch 4
+        shares = [method.batch_scenes(step, World(rank, 2)) for rank in (0, 1)]
+        assert shares[0] + shares[1] == batches[2 * step] + batches[2 * step + 1]
 
     def method() -> DetectionTraining:
         torch.manual_seed(0)
@@ -78,7 +82,8 @@ def test_cli_reconstruct_train_eval_and_view(tmp_path, capsys):
     assert main(train) == 0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val_mAP@0.25" in r] == [2, 4] and (run / "curves.png").is_file()
-    assert main(["detect", "train", "--resume", "--out", str(run), "--max-steps", "6", "--quiet"]) == 0
+    resumed = torchrun("detect", "train", "--resume", "--out", str(run), "--max-steps", "6", "--quiet")  # on 2 processes
+    assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run / "config.json").read_text())["config"]["max_steps"] == 6
     capsys.readouterr()
 

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,6 +31,13 @@ def run_training(method: Trainable, run_dir: Path, *, resume: bool = False, cras
         torch.manual_seed(2**31 - 1)  # as in a new process: the checkpoint must restore the global RNG
     Trainer(method, run_dir, info).run(resume=resume, quiet=True)
     return method
+
+
+def torchrun(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """`torchrun --nproc-per-node 2 -m recon.cli ARGS` (gloo on the CPU, one thread per process)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "recon.cli", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def logged_values(run_dir: Path) -> list[dict]:

@@ -32,6 +32,7 @@ bench: setup
 	$(PY) bench/splat_train.py
 	$(PY) bench/dream.py
 	$(PY) bench/distributed.py
+	$(PY) bench/batch.py
 
 clean-demo:
 	rm -rf $(DEMO_SCENE) $(DEMO_RUNS)

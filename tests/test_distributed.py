@@ -124,6 +124,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_two_nodes_started_as_the_readme_says(tiny_blender, tmp_path):
+    """`torchrun --nnodes 2 --node-rank R --master-addr ... ` once per "machine" (two agents on this one)."""
+    port, agents = _free_port(), []
+    for node in (0, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1",
+                   "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "recon.cli", "train", "nerf", "--data", str(tiny_blender),
+                   "--preset", "fast", "--max-steps", "6", "--set", "rays_per_batch=64", "--quiet", "--out", str(tmp_path / "run")]
+        agents.append(subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [agent.communicate(timeout=120) for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], outputs
+    assert "(2 processes)" in outputs[0][0] and "run directory" not in outputs[1][0]  # node 1's rank is quiet
+    assert logged(tmp_path / "run", "rays")[-1] == 128
+
+
 @pytest.mark.parametrize("failure", ["killed", "hung"])
 def test_a_lost_rank_fails_the_job_with_a_clear_message(tiny_blender, tmp_path, failure):
     """Two processes started by the test; rank 1 is killed (or stopped): rank 0 stops within seconds

@@ -9,7 +9,8 @@ gloo on CPUs. What the ranks share, and how:
   its own share (`renderers.shards`), so W ranks compute what one process with the global batch
   computes, and draws that are not per row (occupancy grids, stages) agree without messages;
 - gradients: averaged over the ranks after every backward (`average_gradients`, one all-reduce of
-  a flat buffer), so every rank takes the same optimiser step and holds the same parameters;
+  a flat buffer), so every rank, starting from rank 0's model (`broadcast_module`), takes the same
+  optimiser step and holds the same parameters;
 - 3DGS densification: the image-plane gradient statistics are summed over the ranks
   (`SharedDensification`), so every rank grows, splits and prunes the same Gaussians. Every rank
   holds the whole scene and renders its own views. gsplat's `distributed=True` (CUDA only) instead
@@ -144,6 +145,16 @@ def average_gradients(parameters) -> None:
     for p in used:
         p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
         offset += p.numel()
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers, in place, on every rank (as DDP starts): the ranks begin equal
+    even where a model's initialisation is not reproducible."""
+    if world().size == 1:
+        return
+    with collective("sharing rank 0's model"):
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
 
 
 def reduce_stats(stats: dict[str, float]) -> dict[str, float]:

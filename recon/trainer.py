@@ -118,6 +118,7 @@ class Trainer:
             torch.manual_seed(config.seed)
             if main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
+        distributed.broadcast_module(self.method)
         if main:
             write_json(self.run_dir / "config.json", {**self.run_info, "config": asdict(config)})
 

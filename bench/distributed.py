@@ -10,7 +10,7 @@ For each method the runs alternate, --repeats rounds:
   1 process × N threads, batch N·B                  what the same cores do without torch.distributed
 B: nerf `fast` 1024 rays per step, splat `fast` 1 view per step. Speed is items of the global batch
 (rays or views) per second of training-step time (metrics.jsonl's train_time, rank 0's, from the
-step after --warmup to the last); the median over the rounds is reported. Scaling efficiency =
+step after --warmup to the last), and steps/s = speed / global batch; medians over the rounds. Scaling efficiency =
 speed(N processes) / (N × speed(1 process)). On a machine with N GPUs each rank gets one and the
 thread counts do not matter.
 """
@@ -75,13 +75,14 @@ def main() -> None:
                     print(f"{method} round {round_ + 1}: {name}: {speeds[name][-1]:,.1f} {unit}", flush=True)
             medians = {name: statistics.median(values) for name, values in speeds.items()}
             base = medians["1 process × 1 thread"]
-            results[method] = {"unit": unit, "per_rank_batch": per_rank, "runs": speeds, "median": medians,
+            steps = {name: medians[name] / (per_rank * multiple * processes) for name, (processes, _, multiple) in configs.items()}
+            results[method] = {"unit": unit, "per_rank_batch": per_rank, "runs": speeds, "median": medians, "steps_per_s": steps,
                                "efficiency_processes": medians[f"{n} processes × 1 thread"] / (n * base),
                                "efficiency_threads": medians[f"1 process × {n} threads"] / (n * base)}
     print(f"\n| method | {' | '.join(configs)} | efficiency, {n} processes | efficiency, {n} threads |")
     print("|---" * (len(configs) + 3) + "|")
     for method, r in results.items():
-        cells = " | ".join(f"{r['median'][name]:,.1f} {r['unit']}" for name in configs)
+        cells = " | ".join(f"{r['median'][name]:,.1f} {r['unit']}, {r['steps_per_s'][name]:.2f} steps/s" for name in configs)
         print(f"| {method} | {cells} | {r['efficiency_processes']:.2f} | {r['efficiency_threads']:.2f} |")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -76,6 +76,8 @@ def choose_engine(workers: int, cpus_per_job: int | None = None, gpus_per_job: f
     has_ray = importlib.util.find_spec("ray") is not None
     if address is not None and (no_ray or not has_ray):
         raise ValueError(f"--address {address}: joining a Ray cluster needs Ray " + ("(drop --no-ray)" if no_ray else "(pip install -e '.[cluster]')"))
+    if gpus_per_job > 0 and (no_ray or not has_ray):
+        raise ValueError(f"--gpus-per-job {gpus_per_job}: placing jobs on GPUs needs Ray " + ("(drop --no-ray)" if no_ray else "(pip install -e '.[cluster]')"))
     return Engine("ray" if has_ray and not no_ray else "processes", workers, cpus, gpus_per_job, address)
 
 
@@ -136,6 +138,8 @@ def _train_and_write(job: Job) -> str:
     config = apply_overrides(preset_config(method_cls, job.preset), job.overrides)
     run_dir = Path(job.run_dir)
     products = [p for p, wanted in ((RESULTS, job.evaluate), (EXPORT, job.export)) if wanted]
+    if (run_dir / "config.json").is_file():
+        _check_same_run(run_dir, job, method_cls, config)
     checkpoint = latest_checkpoint(run_dir)
     trained = checkpoint is not None and checkpoint_step(checkpoint) >= config.max_steps
     if trained and all((run_dir / p).is_file() for p in products):
@@ -157,6 +161,22 @@ def _train_and_write(job: Job) -> str:
     if job.evaluate:
         evaluate(method, run_dir / "eval")
     return "resumed" if checkpoint is not None else "trained"
+
+
+def _check_same_run(run_dir: Path, job: Job, method_cls, config) -> None:
+    """ValueError unless run_dir holds this job's run: its method, scene, loader options and settings
+    (max_steps may differ: a larger one extends the run), so a rerun never reports another run."""
+    from dataclasses import fields
+
+    from recon.methods.base import config_from_dict
+    from recon.runs import read_run_info
+
+    info = read_run_info(run_dir)
+    if info["method"] != method_cls.name or Path(info["data"]) != Path(job.scene).resolve() or info["data_options"] != job.data_options:
+        raise ValueError(f"{run_dir}: holds a {info['method']} run on {info['data']} {info['data_options']}, not this job's; give another --out")
+    theirs = replace(config_from_dict(method_cls.Config, info["config"]), max_steps=config.max_steps)
+    if changed := [f.name for f in fields(config) if getattr(theirs, f.name) != getattr(config, f.name)]:
+        raise ValueError(f"{run_dir}: holds a run made with other settings ({', '.join(changed)}); give another --out, or the same settings")
 
 
 def _prepare_scaffold(job: Job) -> dict:
@@ -214,7 +234,7 @@ def _on_ray(jobs: list[Job], engine: Engine, report: Callable[[dict], None]) -> 
     if engine.address is not None:
         ray.init(address=engine.address, **quiet)
     else:
-        ray.init(num_cpus=engine.workers * engine.cpus_per_job, include_dashboard=False, **quiet)
+        ray.init(address="local", num_cpus=engine.workers * engine.cpus_per_job, include_dashboard=False, **quiet)  # never a running cluster's
     try:
         task = ray.remote(num_cpus=engine.cpus_per_job, num_gpus=engine.gpus_per_job)(run_job)
         pending = {task.remote(job): job for job in jobs}
@@ -230,16 +250,31 @@ def _on_ray(jobs: list[Job], engine: Engine, report: Callable[[dict], None]) -> 
 
 
 def _in_processes(jobs: list[Job], engine: Engine, report: Callable[[dict], None]) -> None:
+    """Jobs in a pool of spawned processes. A worker that dies (killed, out of memory) breaks the whole
+    pool, so the jobs it took down run again one per fresh process: only the one that kills its
+    process fails (the others resume from their checkpoints)."""
+    for job in _pool_round(jobs, engine.workers, report):
+        for lost in _pool_round([job], 1, report):
+            report({"scene": Path(lost.scene).name, "status": "failed", "error": "its process died (killed, or out of memory)"})
+
+
+def _pool_round(jobs: list[Job], workers: int, report: Callable[[dict], None]) -> list[Job]:
+    """Run `jobs` on `workers` spawned processes, reporting each row; the jobs lost to a broken pool."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
-    with ProcessPoolExecutor(min(engine.workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+    lost = []
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(run_job, job): job for job in jobs}
         for future in as_completed(futures):
             try:
                 report(future.result())
-            except Exception as error:  # noqa: BLE001 — the worker process died
+            except BrokenProcessPool:
+                lost.append(futures[future])
+            except Exception as error:  # noqa: BLE001 — e.g. a job that cannot be sent to its process
                 report({"scene": Path(futures[future].scene).name, **failed(error)})
+    return lost
 
 
 def _inline(jobs: list[Job], engine: Engine, report: Callable[[dict], None]) -> None:

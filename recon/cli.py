@@ -422,7 +422,7 @@ def _batch(args: argparse.Namespace, scenes: list[Path], out: Path, task: str = 
         raise ValueError(f"{method_cls.name}: not a per-scene method (recon {'train gpf --data ROOT' if method_cls.generalizes else 'dream'} trains it)")
     overrides = _overrides(args.set) | ({"max_steps": str(args.max_steps)} if args.max_steps is not None else {})
     apply_overrides(preset_config(method_cls, args.preset), overrides)  # bad settings fail here, once
-    options = _data_options(args.data_option)
+    options = {"downscale": 1, **_data_options(args.data_option)}  # as recon train records them
     engine = choose_engine(args.workers, args.cpus_per_job, args.gpus_per_job, args.address, args.no_ray)
     if engine.kind == "processes" and not args.no_ray:
         print(RAY_HINT, file=sys.stderr)

@@ -69,6 +69,10 @@ def test_process_pool_without_ray_gives_the_same_statuses(scenes, tmp_path, monk
     assert {scene: row["status"] for scene, row in rows.items()} == {"a": "trained", "c": "failed"} and rows["a"]["psnr"] > 15
     assert err.count(RAY_HINT) == 1 and "pip install -e '.[cluster]'" in err
 
+    other = ["batch", "train", "splat", "--scenes", str(scenes / "a"), *STEPS, "--set", "ssim_lambda=0.5", "--out", str(out), "--no-ray"]
+    assert main(other) == 2  # a rerun with other settings never reports (or resumes) the old run
+    assert "holds a run made with other settings (ssim_lambda)" in summary(out)["a"]["error"]
+
 
 def test_gpf_scaffolds_prepared_as_batch_jobs_are_what_training_reads(tmp_path, capsys):
     """`recon batch prepare gpf` fuses each scene's scaffold on Ray into a cache; a rerun skips them;
@@ -100,3 +104,41 @@ def test_gpf_scaffolds_prepared_as_batch_jobs_are_what_training_reads(tmp_path, 
     with one_thread():
         assert main(["train", "gpf", "--data", str(root), "--preset", "fast", "--max-steps", "2", "--set", f"scaffolds={cache}", "--quiet", "--out", str(tmp_path / "run")]) == 0
     assert sorted(cache.rglob("*.pt")) == files  # read, none fused anew
+
+
+def test_a_killed_pool_worker_loses_no_other_scene(scenes, tmp_path):
+    """A process-pool worker killed mid-run breaks Python's pool; the jobs it took down run again, one
+    per fresh process, so every good scene still finishes (the killed one resumes or restarts)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "runs"
+    command = [sys.executable, "-m", "recon.cli", "batch", "train", "splat", "--scenes", str(scenes / "[ab]"), "--preset", "fast",
+               "--max-steps", "400", "--set", "eval_views=1", "--out", str(out), "--no-ray", "--workers", "2", "--cpus-per-job", "1"]
+    batch = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*/metrics.jsonl"))) < 2:  # both jobs are training
+        assert time.monotonic() < deadline and batch.poll() is None, "no job started training"
+        time.sleep(0.2)
+    workers = [pid for pid in os.listdir("/proc") if pid.isdigit() and _parent(pid) == batch.pid and "spawn_main" in _command(pid)]
+    os.kill(int(workers[0]), signal.SIGKILL)
+    _, stderr = batch.communicate(timeout=300)
+    assert batch.returncode == 0, stderr
+    assert {row["status"] for row in summary(out).values()} <= {"trained", "resumed"} and len(summary(out)) == 2
+    assert [p for p in out.iterdir() if ".old-" in p.name]  # the killed job's partial run, moved aside when it ran again
+
+
+def _parent(pid: str) -> int:
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _command(pid: str) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline").read()
+    except OSError:
+        return ""

@@ -6,7 +6,7 @@ installed, else in a process pool).
 
     RECON_ROOT/<scene>/            a `splat` run directory (config.json, checkpoints/, metrics.jsonl, ...)
     RECON_ROOT/<scene>/export/point_cloud.ply   the Gaussians (standard 3DGS .ply)
-    RECON_ROOT/reconstruct.json    per scene: status, Gaussians, test PSNR, train time, seconds
+    RECON_ROOT/reconstruct.json    per scene: status, Gaussians, the last validation PSNR, train time, seconds
 """
 from __future__ import annotations
 

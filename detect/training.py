@@ -158,7 +158,7 @@ class DetectionTraining(Trainable):
         self.model = Detector(config.shape()).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, config.milestones(), gamma=config.lr_decay)
-        self.generator = distributed.generator(config.seed)  # sampling and augmentation
+        self.generator = distributed.fork(torch.Generator().manual_seed(config.seed))  # sampling and augmentation: each rank its own stream
         self._fps: dict[str, torch.Tensor] = {}  # farthest-point samples are deterministic: one per scene
 
     def batch_scenes(self, step: int, world: distributed.World | None = None) -> list[int]:
@@ -233,7 +233,7 @@ class DetectionTraining(Trainable):
     def load_training_state(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"])
+        distributed.fork(self.generator.set_state(state["generator"]))  # the checkpoint holds rank 0's stream
 
 
 def average_precision(scenes: list[DetectionScene], predictions: dict[str, dict]) -> dict:

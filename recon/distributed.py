@@ -16,10 +16,12 @@ gloo on CPUs. What the ranks share, and how:
   holds the whole scene and renders its own views. gsplat's `distributed=True` (CUDA only) instead
   shards the Gaussians over the GPUs and trades projected Gaussians all-to-all, for scenes larger
   than one GPU's memory; replicating them needs no sharded rasterizer and runs on gloo CPUs too;
-- the run directory: rank 0 alone writes it (config, checkpoints, metrics, curves) and shows the
-  progress bar; logged statistics are averaged over the ranks (rays summed). At every checkpoint
-  the ranks compare parameter checksums (`check_identical`). A checkpoint holds one copy of the
-  state and resumes with any world size;
+- the run directory: rank 0 alone writes it (config, checkpoints, metrics, curves), validates and
+  shows the progress bar, while the others wait (`wait_for_main`, up to RECON_DIST_MAIN_TIMEOUT
+  seconds, default 6 hours); logged statistics are averaged over the ranks (rays summed). At every
+  checkpoint the ranks compare exact parameter checksums (`check_identical`). A checkpoint holds one
+  copy of the state and resumes with any world size (every rank reads it: several machines need a
+  shared filesystem). BatchNorm running statistics are rank 0's, as with DDP's default;
 - failures: when a rank dies, the others' next collective fails (gloo: as soon as its connection
   drops; a hung rank: after RECON_DIST_TIMEOUT seconds, default 600) with `DistributedError`, and
   torchrun stops the job.
@@ -49,7 +51,6 @@ class DistributedError(RuntimeError):
 class World:
     rank: int = 0
     size: int = 1
-    local_rank: int = 0
 
     @property
     def main(self) -> bool:
@@ -61,18 +62,22 @@ def world() -> World:
     """This process's place in the job (a world of one outside torchrun)."""
     if not (dist.is_available() and dist.is_initialized()):
         return World()
-    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return World(dist.get_rank(), dist.get_world_size())
 
 
-def timeout_seconds() -> float:
-    text = os.environ.get("RECON_DIST_TIMEOUT", "600")
+def timeout_seconds(variable: str, default: float) -> float:
+    """A positive number of seconds from the environment variable (ValueError naming it)."""
+    text = os.environ.get(variable, str(default))
     try:
         seconds = float(text)
     except ValueError:
         seconds = -1.0
     if not seconds > 0:
-        raise ValueError(f"RECON_DIST_TIMEOUT={text}: expected a positive number of seconds")
+        raise ValueError(f"{variable}={text}: expected a positive number of seconds")
     return seconds
+
+
+_main_work: dist.ProcessGroup | None = None  # a gloo group whose barrier waits out rank 0's validation and saving
 
 
 def init(device: str | None) -> tuple[World, str | None]:
@@ -89,13 +94,26 @@ def init(device: str | None) -> tuple[World, str | None]:
             raise ValueError(f"LOCAL_RANK={local_rank}: this machine has {torch.cuda.device_count()} GPUs (one rank per GPU: --nproc-per-node ≤ that)")
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_seconds()))
+    global _main_work
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_seconds("RECON_DIST_TIMEOUT", 600)))
+    _main_work = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_seconds("RECON_DIST_MAIN_TIMEOUT", 6 * 3600)))
     return world(), device
 
 
 def finish() -> None:
+    """Leave the job (a no-op outside one)."""
+    global _main_work
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _main_work = None
+
+
+def wait_for_main() -> None:
+    """Every rank waits here while rank 0 alone validates or writes a checkpoint, so that the others
+    do not time out in the next gradient all-reduce (RECON_DIST_MAIN_TIMEOUT bounds this wait)."""
+    if _main_work is not None:
+        with collective("waiting for rank 0's validation and checkpoint"):
+            dist.barrier(group=_main_work)
 
 
 @contextmanager
@@ -119,6 +137,15 @@ def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     each per-row batch (renderers.shards)."""
     w = world()
     return sharded_generator(seed, device, w.rank, w.size)
+
+
+def fork(generator: torch.Generator) -> torch.Generator:
+    """Branch a generator off into a stream of this rank's own (unchanged on rank 0), for work whose
+    draws depend on the rank's data (the detector's sampling and augmentation of its own scenes);
+    call it again after restoring rank 0's state from a checkpoint."""
+    if rank := world().rank:
+        generator.manual_seed(int(torch.randint(2**62, (1,), generator=generator)) + rank)
+    return generator
 
 
 def average_gradients(parameters) -> None:
@@ -169,13 +196,17 @@ def reduce_stats(stats: dict[str, float]) -> dict[str, float]:
     return {k: type(stats[k])(v if k == "rays" else v / w.size) for k, v in zip(keys, values.tolist())}
 
 
+INTEGER_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # bytes → an integer type to view values as
+
+
 def check_identical(module: torch.nn.Module, step: int) -> None:
-    """DistributedError unless every rank holds the same parameters (compared by checksums)."""
+    """DistributedError unless every rank holds the same parameters, bit for bit (each parameter's
+    checksum is the integer sum of its bit patterns: exact, whatever the order of summation)."""
     w = world()
     if w.size == 1:
         return
-    flat = torch.cat([p.detach().reshape(-1).double().to(_collective_device()) for p in module.parameters()])
-    checksum = torch.stack([flat.sum(), (flat * flat).sum(), flat.new_tensor(float(flat.numel()))])  # [3]
+    checksum = torch.stack([p.detach().contiguous().view(INTEGER_OF_SIZE[p.element_size()]).long().sum() for p in module.parameters()])  # [P]
+    checksum = checksum.to(_collective_device())
     gathered = [torch.empty_like(checksum) for _ in range(w.size)]
     with collective("comparing parameters"):
         dist.all_gather(gathered, checksum)
@@ -201,12 +232,13 @@ class SharedDensification(DefaultStrategy):
     def _update_state(self, params, state, info, packed: bool = False) -> None:
         if world().size == 1:
             return super()._update_state(params, state, info, packed)
-        before = {key: None if state[key] is None else state[key].clone() for key in ("grad2d", "count")}
+        kept = {key: state[key] for key in ("grad2d", "count")}
+        state["grad2d"] = state["count"] = None  # super() starts them at zero: this step's views alone
         super()._update_state(params, state, info, packed)
         with collective("sharing densification statistics"):
-            for key, old in before.items():
-                added = state[key] if old is None else state[key] - old  # [N] this rank's views
-                dist.all_reduce(added)
-                state[key] = added if old is None else old + added
+            for key, old in kept.items():
+                dist.all_reduce(state[key])  # [N] over every rank's views
+                if old is not None:
+                    state[key] += old
             if state.get("radii") is not None:
                 dist.all_reduce(state["radii"], dist.ReduceOp.MAX)

@@ -121,7 +121,8 @@ def read_results(suite_dir: Path) -> dict:
 
 
 def difference(results: dict, other: dict) -> dict:
-    """Per scene in both and for their means: this − other for each metric (None where one lacks it)."""
+    """Per scene in both: this − other for each metric (None where one lacks it); and their mean over
+    the scenes where both have the metric (a scene one suite failed never skews it)."""
     theirs = {r["scene"]: r for r in other["rows"]}
     shared = [r for r in results["rows"] if r["scene"] in theirs]
 
@@ -129,7 +130,7 @@ def difference(results: dict, other: dict) -> dict:
         return {k: None if a.get(k) is None or b.get(k) is None else a[k] - b[k] for k in KEYS}
 
     rows = [{"scene": r["scene"], **minus(r, theirs[r["scene"]])} for r in shared]
-    mean = minus(_mean(shared), _mean([theirs[r["scene"]] for r in shared]))
+    mean = _mean(rows)
     return {"rows": rows, "mean": mean, "only_here": sorted({r["scene"] for r in results["rows"]} - set(theirs)),
             "only_there": sorted(set(theirs) - {r["scene"] for r in results["rows"]})}
 

@@ -109,6 +109,9 @@ class Trainer:
             if start_step > config.max_steps:
                 raise CheckpointError(f"{checkpoint}: the run is at step {start_step}, past max_steps={config.max_steps} (--max-steps extends a run)")
             torch.set_rng_state(state["torch_rng"])
+            if main and state.get("world_size", 1) != distributed.world().size:
+                warnings.warn(f"{checkpoint}: trained on {state.get('world_size', 1)} processes, resumed on {distributed.world().size}: "
+                              "per-process batch settings (rays_per_batch, batch_size, ...) now give another global batch", stacklevel=2)
             if main:
                 remove_stale_temporaries(self.run_dir)
                 self._truncate_metrics(start_step)
@@ -137,19 +140,22 @@ class Trainer:
                 done = step + 1
                 speed = {"rays_per_s": stats["rays"] / max(elapsed, 1e-9)} if "rays" in stats else {"steps_per_s": 1 / max(elapsed, 1e-9)}
                 progress.update(task, completed=done, stats=self.method.progress_text({**stats, **speed}))
-                if done % config.checkpoint_every == 0 or done == config.max_steps:
+                validating = done % config.eval_every == 0 or done == config.max_steps
+                saving = done % config.checkpoint_every == 0 or done == config.max_steps
+                if saving:
                     distributed.check_identical(self.method, done)
-                if not main:
-                    continue
-                self.method.write_artifacts(self.run_dir)
-                if done % config.log_every == 0 or done == config.max_steps:
-                    self._log({"step": done, "train_time": round(train_time, 3), **{k: round(v, 5) for k, v in {**stats, **speed}.items()}})
-                if done % config.eval_every == 0 or done == config.max_steps:
-                    last_eval = self.validate(done, train_time)
-                if done % config.checkpoint_every == 0 or done == config.max_steps:
-                    self.save(done, train_time)
-                if viewer is not None:
-                    viewer.update(done, {**stats, **speed})
+                if main:
+                    self.method.write_artifacts(self.run_dir)
+                    if done % config.log_every == 0 or done == config.max_steps:
+                        self._log({"step": done, "train_time": round(train_time, 3), **{k: round(v, 5) for k, v in {**stats, **speed}.items()}})
+                    if validating:
+                        last_eval = self.validate(done, train_time)
+                    if saving:
+                        self.save(done, train_time)
+                    if viewer is not None:
+                        viewer.update(done, {**stats, **speed})
+                if validating or saving:
+                    distributed.wait_for_main()
         if main:
             self.plot_curves()
         return last_eval
@@ -170,6 +176,7 @@ class Trainer:
             "method": self.method.name,
             "step": step,
             "train_time": train_time,
+            "world_size": distributed.world().size,  # the global batch is the per-process batch × this
             "model": self.method.state_dict(),
             "training": self.method.training_state(),
             "torch_rng": torch.get_rng_state(),

@@ -5,8 +5,8 @@ or scenes) into equal contiguous shares, rank r holding rows [r·B, (r + 1)·B).
 a `ShardedGenerator` in the same state and draws the per-row random numbers of the *whole* global
 batch, keeping its own rows. So W ranks together draw exactly what one process with the global
 batch draws, and the generator stays identical on every rank: draws that are not per row (an
-occupancy-grid update, a stage's sample count) agree without any communication. Drawing the other
-ranks' rows costs a few random numbers per ray, nothing next to shading them.
+occupancy-grid update, a stage's sample count) agree without any communication. Each rank draws
+W× its own rows: a few random numbers per ray and rank, small next to shading the ray.
 
 With an ordinary `torch.Generator` (one process) the draws are torch's own.
 """
@@ -51,9 +51,9 @@ def rand_rows(shape: tuple[int, ...], generator: torch.Generator | None, device:
     return draw_rows(torch.rand, tuple(shape), generator, device=device)
 
 
-def randn_rows(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str | None = None) -> torch.Tensor:
-    """Standard normal numbers [shape] for this rank's rows."""
-    return draw_rows(torch.randn, tuple(shape), generator, device=device)
+def randn_rows(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Standard normal numbers [shape] (of `dtype`, default float32) for this rank's rows."""
+    return draw_rows(torch.randn, tuple(shape), generator, device=device, dtype=dtype)
 
 
 def randint_rows(high: int, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str | None = None) -> torch.Tensor:

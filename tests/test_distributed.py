@@ -66,6 +66,7 @@ def test_nerf_on_two_processes_equals_one_process_with_the_global_batch(tiny_ble
 
     resumed = recon("train", "nerf", "--resume", "--out", str(tmp_path / "two"), "--max-steps", "25", "--quiet")  # another world size
     assert resumed.returncode == 0, resumed.stderr
+    assert "trained on 2 processes, resumed on 1" in resumed.stderr  # the global batch halves: said
     assert load_checkpoint(latest_checkpoint(tmp_path / "two"))["step"] == 25
 
 

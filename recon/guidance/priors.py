@@ -223,7 +223,7 @@ class StableDiffusionGuidance(DiffusersPrior):
         assert images.dim() == 4 and images.shape[1] == 3, f"images must be [B, 3, R, R], got {tuple(images.shape)}"
         with _on(self.vae, self.device, self.offload) as vae:
             posterior = vae.encode((images * 2 - 1).to(self.dtype)).latent_dist
-        latents = posterior.mean + posterior.std * randn_rows(posterior.mean.shape, self.generator, self.device).to(posterior.mean.dtype)
+        latents = posterior.mean + posterior.std * randn_rows(posterior.mean.shape, self.generator, self.device, posterior.mean.dtype)
         return latents.float() * self.scaling_factor  # [B, 4, R/8, R/8] for SD
 
     @torch.no_grad()

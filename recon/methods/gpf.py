@@ -134,8 +134,8 @@ FUSION_SETTINGS = ("unit", "fuse_neighbours", "fuse_consistent", "voxel_size", "
 
 def scaffold_path(folder: str | Path, scene: Scene, config: GPFConfig) -> Path:
     """A scene's cached scaffold: FOLDER/<scene>/scaffold-<hash>.pt, the hash of the scene's folder,
-    image size, view count and the fusion settings (so changing any of them makes a new file)."""
-    key = {"root": str(Path(scene.root).resolve()), "size": [scene.width, scene.height], "views": len(scene.images),
+    image size, training views and the fusion settings (so changing any of them makes a new file)."""
+    key = {"root": str(Path(scene.root).resolve()), "size": [scene.width, scene.height], "train": scene.split("train").tolist(),
            **{name: getattr(config, name) for name in FUSION_SETTINGS}}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return Path(folder) / scene.name / f"scaffold-{digest}.pt"

@@ -7,7 +7,8 @@ gloo on CPUs. What the ranks share, and how:
 - the batch: a step's global batch is the per-rank batch (rays_per_batch, batch_rays, batch_size)
   × the world size. Every rank draws the random rows of the whole batch from the same seed and keeps
   its own share (`renderers.shards`), so W ranks compute what one process with the global batch
-  computes, and draws that are not per row (occupancy grids, stages) agree without messages;
+  computes (NeRF, ProNeRF, 3DGS, text-to-3D), and draws that are not per row (occupancy grids,
+  stages) agree without messages. The detector and GPF shard scenes: each rank its own;
 - gradients: averaged over the ranks after every backward (`average_gradients`, one all-reduce of
   a flat buffer), so every rank, starting from rank 0's model (`broadcast_module`), takes the same
   optimiser step and holds the same parameters;

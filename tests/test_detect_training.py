@@ -40,10 +40,11 @@ def test_a_tiny_detector_overfits_two_rooms(two_rooms):
     """Every class, thin pictures and windows included (detect.head's min_size), at IoU 0.25."""
     config = replace(PRESETS["cpu"], sampling="random", augment=False, max_steps=100)
     method = DetectionTraining(config, DetectionData(two_rooms, two_rooms), device="cpu")
-    for step in range(config.max_steps):
-        method.train()
-        method.train_step(step)
-    result = average_precision(two_rooms, method.predict(two_rooms))
+    with one_thread():  # spconv's threaded sums vary from run to run; one thread makes the result repeatable
+        for step in range(config.max_steps):
+            method.train()
+            method.train_step(step)
+        result = average_precision(two_rooms, method.predict(two_rooms))
     assert result["mAP@0.25"] >= 0.9, result["AP@0.25"]
     assert {"picture", "window", "door"} <= set(result["classes"])
 
